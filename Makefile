@@ -1,0 +1,32 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	# The CPU wheel first: any other torch pulls several GB of CUDA libraries.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[torch,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) demo.py
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/quick.py
+
+clean:
+	rm -rf $(VENV) runs results

@@ -1,0 +1,54 @@
+"""Shared fixtures: random Hugging Face ModernBERT models built locally (no hub access)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+            local_attention=16, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            cls_token_id=1, sep_token_id=2)
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or a clean skip when the shared data is not beside the checkout."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not available")
+    return p
+
+
+def hf_model(task: str = "mlm", seed: int = 0, **overrides):
+    """A random-init transformers ModernBERT for `task`, with norm weights and biases moved off 1/0."""
+    import torch
+    import transformers as tf
+
+    classes = {"base": tf.ModernBertModel, "mlm": tf.ModernBertForMaskedLM,
+               "sequence": tf.ModernBertForSequenceClassification, "token": tf.ModernBertForTokenClassification}
+    cfg = tf.ModernBertConfig(**{**TINY, **overrides})
+    torch.manual_seed(seed)
+    model = classes[task](cfg).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def save_hf(model, directory: Path, **kwargs) -> Path:
+    model.save_pretrained(directory, **kwargs)
+    return directory
+
+
+def rng_ids(shape, vocab=512, low=3, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(low, vocab, size=shape).astype(np.int64)
