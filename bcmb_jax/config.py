@@ -313,6 +313,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return _coerce(args[0], value, key)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp in (float, int) and isinstance(value, str):
+        try:  # YAML 1.1 reads `3e-4` (no dot) as a string
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"`{key}` must be {tp.__name__}, got {value!r}") from None
+        if tp is float or number.is_integer():
+            return tp(number)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
