@@ -1,0 +1,177 @@
+"""Continued MLM pretraining of ModernBERT in JAX, as in BioClinical ModernBERT.
+
+    python train.py --config configs/bioclinical_base_phase1.yaml [key=value ...]
+    python train.py --config configs/demo.yaml run_dir=runs/try max_steps=50
+    python train.py --help          # every config key and its meaning
+
+A run directory that already holds checkpoints resumes from the latest one: weights, optimizer
+state, step, token count and the data iterator, so the run continues with exactly the batches
+and masks it would have seen. SIGTERM/SIGINT (preemption) save a checkpoint and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from bcmb_jax.config import ConfigError, help_text, load, to_dict
+from bcmb_jax.trainer import TrainConfig
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (YAML sections, or key=value overrides with dotted names):\n" + help_text(TrainConfig))
+    ap.add_argument("--config", help="YAML run config (configs/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value, e.g. max_steps=100 data.seq_len=1024")
+    args = ap.parse_args(argv)
+    return load(TrainConfig, args.config, args.overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("jax", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import jax
+    import numpy as np
+    import optax
+    from jax.experimental import multihost_utils
+    from tqdm import tqdm
+
+    from bcmb_jax import optim, params, pretrained, sharding, trainer
+
+    sharding.init_distributed(cfg.distributed)
+    main_process = jax.process_index() == 0
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mesh = sharding.make_mesh(cfg.mesh)
+    if cfg.micro_batch % mesh.size:
+        print(f"error: micro_batch ({cfg.micro_batch}) must be a multiple of the device count ({mesh.size})",
+              file=sys.stderr)
+        return 2
+    log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
+
+    # 1. The model, as a graph definition plus a sharded parameter tree.
+    mcfg = trainer.model_config(cfg)
+    model = trainer.init_model(cfg, mcfg)
+    graphdef, host_params, rest = trainer.split_model(model)
+    axes = {tuple(str(p) for p in path): a for path, a in params.logical_axes(mcfg, "mlm").items()}
+    param_sh = sharding.param_shardings(host_params, axes, mesh, cfg.mesh.rules)
+    put = jax.jit(lambda p: p, out_shardings=param_sh)
+    state_params = put(host_params)
+    if main_process:
+        config = mcfg.to_hf_dict("ModernBertForMaskedLM")
+        config["bcmb_jax"] = {"task": "mlm", "dtype": "float32"}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (run_dir / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if cfg.data.tokenizer:
+            tok_src = Path(cfg.data.tokenizer)
+            files = pretrained.tokenizer_files(tok_src if tok_src.is_dir() else tok_src.parent)
+            (run_dir / "tokenizer").mkdir(exist_ok=True)
+            for name, src in files.items():
+                shutil.copy2(src, run_dir / "tokenizer" / name)
+
+    # 2. The optimizer (moments seeded from a converted Composer checkpoint when there are some).
+    tx = optim.make_optimizer(cfg.optim)
+    moments = trainer.initial_moments(cfg)
+    abstract = jax.eval_shape(lambda p: trainer.init_state(p, tx, None), state_params)
+    state_sh = {"params": param_sh, "step": sharding.replicated(mesh),
+                "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
+                                                   transform_non_params=lambda _: sharding.replicated(mesh))}
+    state = jax.jit(lambda p: trainer.init_state(p, tx, moments), out_shardings=state_sh)(state_params)
+    state = trainer.restore_init_optimizer(cfg, state)
+    del host_params, state_params, model
+
+    # 3. The data: this process's rows of every global batch.
+    it = trainer.make_batches(cfg, jax.process_index(), jax.process_count())
+    cap = trainer.masked_cap(cfg.data.seq_len, cfg.data.mlm_probability, cfg.masked_cap_sigmas)
+
+    # 4. Resume from the latest checkpoint of this run, if any.
+    ckpt = trainer.Checkpoints(run_dir, cfg.keep_checkpoints)
+    tokens_seen = 0
+    if (latest := ckpt.latest()) is not None:
+        state, meta = ckpt.restore(latest, state, it)
+        tokens_seen = int(meta["tokens"])
+        log.info("resumed from step %d (%d tokens seen)", latest, tokens_seen)
+    step = latest or 0
+
+    train_step = jax.jit(trainer.make_train_step(graphdef, rest, tx, cap, cfg.seed), donate_argnums=0,
+                         out_shardings=(state_sh, sharding.replicated(mesh)))
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    metrics_log = trainer.MetricsLog(run_dir, main_process)
+    speed = trainer.Throughput()
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not main_process, dynamic_ncols=True, unit="step")
+    peak = cfg.optim.lr
+    status = 0
+    def done() -> bool:
+        return step >= cfg.max_steps or (cfg.max_tokens is not None and tokens_seen >= cfg.max_tokens)
+
+    while not done():
+        # The schedule's time is what was consumed before this update (tokens or steps).
+        t = tokens_seen if cfg.schedule.unit == "tokens" else step
+        lr = peak * float(optim.lr_scale(cfg.schedule, t))
+        batch = sharding.global_batch(trainer.stack_micro(next(it), cfg.accumulation), mesh, row_axis=1)
+        state, metrics = train_step(state, batch, np.float32(lr))
+        m = {k: v.addressable_data(0).item() for k, v in metrics.items()}  # replicated scalars
+        if not (m["finite"] and math.isfinite(float(m["loss"]))):
+            log.error("step %d: non-finite loss (%s) or weights; stopping without saving this state "
+                      "(last checkpoint: step %s)", step + 1, m["loss"], ckpt.latest())
+            status = 3
+            break
+        step += 1
+        tokens_seen += int(m["tokens"])
+        speed.add(int(m["tokens"]))
+        if step % cfg.log_every == 0 or done():
+            rate = speed.read()
+            values = {"loss": float(m["loss"]), "lr": lr, "tokens_per_s": rate, "tokens": tokens_seen,
+                      "grad_norm": float(m["grad_norm"]), "masked_tokens": int(m["masked_tokens"]),
+                      "dropped": int(m["dropped"])}
+            metrics_log.write(step, values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+        bar.update(1)
+        stopping = stop["signal"] is not None
+        if jax.process_count() > 1:  # every host must agree, or the next collective would hang
+            stopping = bool(multihost_utils.process_allgather(np.int32(stopping)).max())
+        if step % cfg.checkpoint_every == 0 or done() or stopping:
+            ckpt.save(step, state, {"step": step, "tokens": tokens_seen}, it)
+        if stopping:
+            log.info("signal %s: checkpoint at step %d saved; exiting", stop["signal"], step)
+            break
+    bar.close()
+    ckpt.close()
+    metrics_log.close()
+
+    # 5. Export the final weights for PyTorch.
+    if status == 0 and done() and cfg.export_hf and main_process:
+        from bcmb_jax.export import to_hf
+
+        to_hf(run_dir, run_dir / "hf", overwrite=True)
+        log.info("exported %s", run_dir / "hf")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
