@@ -95,6 +95,22 @@ def key_map(cfg: ModelConfig, task: str) -> list[Entry]:
     return out
 
 
+def module_order(cfg: ModelConfig, task: str) -> list[Entry]:
+    """`key_map` in PyTorch `named_parameters()` order: embeddings, layer 0, layer 1, ..., final norm, heads.
+
+    HF ModernBERT and FlexBERT declare their modules in the same order (embeddings: tok_embeddings,
+    norm; layer: attn_norm, attn.Wqkv, attn.Wo, mlp_norm, mlp.Wi, mlp.Wo; final_norm; head.dense,
+    head.norm; decoder.bias or classifier) and a Linear/LayerNorm lists weight before bias, which is
+    the row order of `KEY_MAP`. The tied decoder weight is not a separate parameter.
+    """
+    def key(e: Entry) -> tuple[int, int]:
+        if e.path[:2] == ("model", "layers"):
+            return 1, int(e.path[2])
+        return (0, 0) if e.path[:2] == ("model", "embeddings") else (2, 0)
+
+    return sorted(key_map(cfg, task), key=key)  # stable: within a layer, table order is module order
+
+
 def logical_axes(cfg: ModelConfig, task: str) -> dict[tuple, tuple[str | None, ...]]:
     """NNX path -> logical axis names, for the sharding rules."""
     return {e.path: e.axes for e in key_map(cfg, task)}
