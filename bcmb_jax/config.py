@@ -67,7 +67,7 @@ class ModelConfig:
     sep_token_id: int = 50282
     bos_token_id: int | None = 50281
     eos_token_id: int | None = 50282
-    mask_token_id: int = 50284
+    mask_token_id: int | None = None  # not an HF config field; kept when a tokenizer told us
     initializer_range: float = 0.02
     initializer_cutoff_factor: float = 2.0
     # Not part of HF: how attention is computed (all backends give the same numbers).
@@ -249,6 +249,8 @@ class ModelConfig:
             d["global_attn_every_n_layers"] = every
         if self.problem_type:
             d["problem_type"] = self.problem_type
+        if self.mask_token_id is not None:
+            d["mask_token_id"] = self.mask_token_id
         if architecture:
             d["architectures"] = [architecture]
         return d

@@ -283,7 +283,6 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
     files = PT.tokenizer_files(where.tokenizer) if where.tokenizer else {}
     hf_config = cfg.to_hf_dict(PT.HF_ARCHITECTURE[task])
     hf_config["dtype"] = hf_config["torch_dtype"] = dtype
-    hf_config.setdefault("mask_token_id", cfg.mask_token_id)
     kind = {"jax": "JAX directory", "run": f"train run, step {where.step}", "step": f"train step {where.step}"}
     produced = {"source": str(src_path), "source_kind": kind[where.kind], "dtype": dtype,
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -249,7 +249,6 @@ def write_jax_dir(out: Path, tree: dict, cfg: ModelConfig, task: str, dtype: str
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save((out / "params").absolute(), _str_keys(tree))
     config = cfg.to_hf_dict(HF_ARCHITECTURE[task])
-    config.setdefault("mask_token_id", cfg.mask_token_id)  # not an HF field, but ModelConfig reads it back
     config["bcmb_jax"] = {"task": task, "dtype": dtype, **(extra_config or {})}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name, src in (extra_files or {}).items():

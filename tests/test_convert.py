@@ -411,7 +411,7 @@ def test_flexbert_config_mapping():
     base = dict(FLEX_CONFIG, vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22,
                 num_attention_heads=12, sliding_window=128)
     cfg = ModelConfig.from_hf_dict(C.hf_config_from_flexbert(base))
-    assert cfg == ModelConfig(classifier_pooling="mean")  # the BioClinical base model, ModernBERT token ids
+    assert cfg == ModelConfig(classifier_pooling="mean", mask_token_id=50284)  # BioClinical base, ModernBERT ids
     stage1 = C.hf_config_from_flexbert(dict(base, rotary_emb_base=10000.0, local_attn_rotary_emb_base=-1))
     assert stage1["global_rope_theta"] == stage1["local_rope_theta"] == 10000.0
     for key, value in (("normalization", "rmsnorm"), ("attention_layer", "rope_parallel"),
