@@ -63,10 +63,10 @@ def main(argv=None) -> None:
         ids = np.random.default_rng(0).integers(100, 16000, size=(B, T))
         mask = np.ones_like(ids)
 
-        def run_jax():
+        def run_jax(ids=ids, mask=mask):
             model(ids, attention_mask=mask).last_hidden_state.block_until_ready()
 
-        def run_torch():
+        def run_torch(ids=ids, mask=mask):
             with torch.inference_mode():
                 hf(torch.tensor(ids), attention_mask=torch.tensor(mask))
 
