@@ -130,7 +130,7 @@ def test_resume_is_bit_exact(tmp_path, corpus):
     assert train.main(["--config", str(write_config(tmp_path / "a.yaml", corpus, full))]) == 0
     cfg = write_config(tmp_path / "b.yaml", corpus, split)
     assert train.main(["--config", str(cfg), "max_steps=3"]) == 0
-    assert train.main(["--config", str(cfg)]) == 0
+    assert train.main(["--config", str(cfg), "export_hf=true"]) == 0
     a, b = losses(full), losses(split)
     print("uninterrupted:", a, "\nresumed:      ", b)
     assert len(a) == len(b) == 6 and a == b
@@ -139,6 +139,30 @@ def test_resume_is_bit_exact(tmp_path, corpus):
     assert {"step", "loss", "lr", "tokens_per_s"} <= set(rows[0]) and rows[-1]["dropped"] == 0
     assert list((full / "tensorboard").iterdir())
     assert sorted(int(p.name) for p in (full / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+
+    # The end-of-run export loads in transformers and computes what the JAX checkpoint computes.
+    import transformers as tf
+
+    import bcmb_jax
+
+    hf = tf.AutoModelForMaskedLM.from_pretrained(split / "hf").eval()
+    jx = bcmb_jax.from_pretrained(split)  # the run directory's latest checkpoint
+    ids = rng_ids((2, 40), vocab=512, low=5)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    assert np.abs(np.asarray(jx(ids).logits) - ref).max() <= 1e-4
+
+    # Phase 2 starts from this run: its weights and its optimizer state (step count continues).
+    phase2 = tmp_path / "phase2"
+    cfg2 = write_config(tmp_path / "p2.yaml", corpus, phase2, max_steps=1, model={"init": str(split)},
+                        data={**json.loads(cfg.read_text())["data"], "mlm_probability": 0.15})
+    assert train.main(["--config", str(cfg2)]) == 0
+    meta = json.loads((phase2 / "checkpoints" / "1" / "meta" / "metadata").read_text())
+    assert meta["step"] == 1
+    opt = trainer.pretrained.restore_tree(phase2 / "checkpoints" / "1" / "opt_state")
+    counts = [int(np.asarray(x)) for x in jax.tree.leaves(opt) if np.ndim(x) == 0 and
+              np.issubdtype(np.asarray(x).dtype, np.integer)]
+    assert 7 in counts  # StableAdamW's step: 6 from the first run + 1
 
 
 def test_nan_guard_stops_without_saving(tmp_path, corpus, caplog):
@@ -209,21 +233,24 @@ def test_config_files_load():
     assert p1.optim.betas == [0.9, 0.98] and p1.optim.eps == 1e-6 and p1.data.seq_len == 8192
 
 
-def _run_devices(tmp_path, corpus, name, n_devices, mesh):
+def _run_devices(tmp_path, corpus, name, n_devices, mesh, max_steps=3):
     run = tmp_path / name
-    cfg = write_config(tmp_path / f"{name}.yaml", corpus, run, max_steps=3, mesh=mesh, global_batch=16,
+    cfg = write_config(tmp_path / f"{name}.yaml", corpus, run, max_steps=5, mesh=mesh, global_batch=16,
                        micro_batch=8)
     env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}", "JAX_PLATFORMS": "cpu"}
-    out = run_subprocess(["--config", str(cfg)], env=env)
+    out = run_subprocess(["--config", str(cfg), f"max_steps={max_steps}"], env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return losses(run)
 
 
-def test_eight_devices_data4_fsdp2_equal_one_device(tmp_path, corpus):
-    one = _run_devices(tmp_path, corpus, "one", 1, {"data": 1, "fsdp": 1})
-    eight = _run_devices(tmp_path, corpus, "eight", 8, {"data": 4, "fsdp": 2})
-    print("1 device: ", one, "\n8 devices:", eight)
-    assert np.abs(np.array(one) - np.array(eight)).max() <= 1e-5
+def test_eight_devices_data4_fsdp2_equal_one_device_and_resume_on_another_mesh(tmp_path, corpus):
+    """8 forced CPU devices (data 4 x fsdp 2) train like 1 device; the run then resumes on a 2 x 1 mesh."""
+    one = _run_devices(tmp_path, corpus, "one", 1, {"data": 1, "fsdp": 1}, max_steps=5)
+    eight = _run_devices(tmp_path, corpus, "eight", 8, {"data": 4, "fsdp": 2}, max_steps=3)
+    resumed = _run_devices(tmp_path, corpus, "eight", 2, {"data": 2, "fsdp": 1}, max_steps=5)
+    print("1 device:          ", one, "\n8 devices, then 2:", resumed)
+    assert eight == resumed[:3]
+    assert np.abs(np.array(one) - np.array(resumed)).max() <= 1e-5
 
 
 def test_two_processes_on_loopback_equal_one_process(tmp_path, corpus):
