@@ -1,4 +1,5 @@
 # Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+# `make demo REAL=1` uses ../shared/data (real tokenizer and pretraining sample) instead of the embedded corpus.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) demo.py
+	$(PY) demo.py $(if $(REAL),--real)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
