@@ -285,6 +285,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):
+            value = raw.strip()  # an unquoted string stays as typed (YAML would read `|` or `>` as "")
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

@@ -516,6 +516,16 @@ def task_names() -> list[str]:
     return list(_builders())
 
 
+def task_options(name: str) -> list[str]:
+    """The keyword options a task's builder takes besides data_dir (e.g. ["labels"] for deid)."""
+    import inspect
+
+    builder = _builders().get(_ALIASES.get(name.lower(), name.lower()))
+    if builder is None:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(_builders())}")
+    return [p for p in inspect.signature(builder).parameters if p != "data_dir"]
+
+
 def build_task(name: str, data_dir: str | Path, **options) -> TaskData:
     """Build a task by name (chemprot, phenotype, cos, social_history, deid, conll, csv, jsonl; the
     paper's spellings ChemProt, SocialHistory, ... also work). Options go to the builder."""

@@ -1,0 +1,165 @@
+"""Fine-tune a model on one of the paper's downstream tasks over several seeds and score it on test.
+
+    python evaluate.py --model runs/demo --task chemprot --data ../shared/data/chemprot
+    python evaluate.py --model runs/demo/hf --task deid --data DIR --backend torch labels=gold
+    python evaluate.py --model DIR --task csv --data DIR text_field=sentence max_train=2000 --seeds 42,43
+
+--model: a JAX checkpoint directory (convert_weights.py to-jax, a train run or one of its steps) or an HF
+model directory. The JAX backend runs ModernBERT in JAX on packed rows; the torch backend runs
+transformers' Auto*For{Sequence,Token}Classification (a JAX checkpoint is exported to HF first), so any HF
+encoder (BERT, RoBERTa, ...) can be scored with the same protocol. The tokenizer comes from the model
+directory unless tokenizer=DIR is given.
+
+Tasks: chemprot, phenotype, cos, social_history, deid, conll (CoNLL NER files), csv, jsonl (generic
+classification). Task options are key=value too (deid: labels=silver|gold; csv/jsonl: text_field=,
+label_field=, label_sep=; conll: scheme=; chemprot: source=, text=; social_history: split=). Values are
+read as YAML (numbers, lists, null); unquoted text stays as typed, e.g. label_sep='|'.
+
+Protocol (the paper's HF Trainer set-up): AdamW (0.9, 0.999, 1e-8), weight decay 0.01 (not on LayerNorm
+weights and biases), linear decay without warmup, gradient clipping 1.0, batch 16, 10 epochs, the best
+validation epoch (seqeval entity F1 for NER, weighted F1 otherwise) scored on test. Every seed changes
+both the data order and the classifier init.
+
+Output, under --results-dir (default results/):
+    <name>/<backend>/<task>.json                              per-seed test/val metrics, epochs, summaries
+    <name>/<backend>/<task>/seed<N>/test_predictions.jsonl    one line per test example
+    table.md                                                  every result in the directory, as Table 2
+<name> is the model directory's name (or name=...). Files are replaced atomically; the JSON is rewritten
+after every seed, so an interrupted run keeps the seeds it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bcmb_jax.config import ConfigError, from_dict, help_text, parse_overrides
+from bcmb_jax.finetune import BACKENDS, MAIN_METRIC, FinetuneConfig, FinetuneError
+
+log = logging.getLogger("evaluate")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one `error: ...` line like every other bad input, not a usage dump
+        raise ConfigError(f"{message} (see --help)")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, FinetuneConfig, dict]:
+    ap = _Parser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="protocol keys (key=value; anything else is passed to the task builder):\n"
+               + help_text(FinetuneConfig))
+    ap.add_argument("--model", required=True, help="JAX checkpoint directory or HF model directory")
+    ap.add_argument("--task", required=True, help="chemprot | phenotype | cos | social_history | deid | conll | "
+                                                  "csv | jsonl")
+    ap.add_argument("--data", required=True, help="the task's data directory")
+    ap.add_argument("--backend", choices=BACKENDS, default="jax", help="jax (default) or torch")
+    ap.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated seeds (default 42,43,44,45,46)")
+    ap.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    ap.add_argument("--lr", type=float, help="peak learning rate (default: the task's, else 2e-5)")
+    ap.add_argument("--results-dir", default="results", help="where results go (default results/)")
+    ap.add_argument("overrides", nargs="*", help="key=value: protocol keys below, or task options")
+    args = ap.parse_intermixed_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds must list distinct integers, got {args.seeds}")
+    given = parse_overrides(args.overrides)
+    known = set(FinetuneConfig.__dataclass_fields__)
+    options = {k: v for k, v in given.items() if k not in known}
+    flags = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    cfg = from_dict(FinetuneConfig, {**{k: v for k, v in given.items() if k in known}, **flags})
+    return args, cfg, options
+
+
+def build_task(name: str, data_dir: str, options: dict):
+    """The task's splits; options the builder does not take are an error naming the known ones."""
+    from bcmb_jax import tasks
+
+    accepted = tasks.task_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}: not a protocol key and not an option of task {name!r} "
+                          f"(its options: {accepted or 'none'}; see --help for protocol keys)")
+    return tasks.build_task(name, data_dir, **options)
+
+
+def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
+    from bcmb_jax import finetune as F
+
+    # 1. The task, the model's tokenizer and context, the examples.
+    task = build_task(args.task, args.data, options)
+    info = F.model_info(args.model, cfg.tokenizer)
+    enc = F.load_encoder(info["tokenizer_dir"])
+    data = F.encode_task(task, enc, F.max_length_for(info, enc, cfg), cfg)
+    lr, size = F.learning_rate(task.name, info, cfg)
+    log.info("%s: %s examples (train/val/test), max_length %d, lr %g (%s)", task.name,
+             "/".join(str(len(data.split(s))) for s in ("train", "val", "test")), data.max_length, lr, size)
+
+    with tempfile.TemporaryDirectory(prefix="bcmb-eval-") as work:
+        # 2. The backend: JAX on the checkpoint, or torch on its HF export.
+        t0 = time.perf_counter()
+        if args.backend == "jax":
+            if not (info["is_jax"] or info["model_type"] == "modernbert"):
+                raise FinetuneError(f"{args.model}: a {info['model_type']} model; the JAX backend runs "
+                                    "ModernBERT only (use --backend torch)")
+            backend = F.JaxBackend(args.model, data, cfg)
+        else:
+            from bcmb_jax import finetune_torch
+
+            hf_dir = finetune_torch.hf_directory(args.model, Path(work))
+            backend = finetune_torch.TorchBackend(hf_dir, data, cfg, enc.pad_id)
+        load_seconds = time.perf_counter() - t0
+
+        # 3. One fine-tuning run per seed; the results file is rewritten after each.
+        name = cfg.name or F.default_name(args.model)
+        out, pred_dir = F.result_paths(args.results_dir, name, args.backend, task.name)
+        header = {"task": task.name, "backend": args.backend, "model": str(Path(args.model).resolve()),
+                  "name": name, "kind": task.kind, "main_metric": MAIN_METRIC[task.kind], "labels": task.labels,
+                  "config": {**F.config_dict(cfg), "lr": lr, "size": size, "max_length": data.max_length,
+                             "seeds": args.seeds, "task_options": options, "data": str(Path(args.data).resolve())},
+                  "data_stats": data.stats, "load_seconds": load_seconds}
+        per_seed: dict[str, dict] = {}
+        for seed in args.seeds:
+            def progress(row, seed=seed):
+                main = MAIN_METRIC[task.kind]
+                log.info("seed %d epoch %d: train loss %.4f, val %s %.4f (%.1f s)", seed, row["epoch"],
+                         row["train_loss"], main, row["val"][main], row["seconds"])
+
+            res = F.fit(backend, data, cfg, seed, lr, on_epoch=progress)
+            records = res.pop("predictions")
+            predictions = {str(seed): records} if cfg.save_predictions else {}
+            per_seed[str(seed)] = res
+            obj = F.write_result(out, pred_dir, header, per_seed, predictions)
+            log.info("seed %d: best epoch %d, test %s %.4f (%.0f s)", seed, res["best_epoch"],
+                     header["main_metric"], res["test"][header["main_metric"]], res["seconds"])
+
+    # 4. The summary and the table over everything in the results directory.
+    main = header["main_metric"]
+    table = F.write_table(args.results_dir)
+    print(f"{task.name} ({args.backend}, {name}): test {main} median {obj['median'][main]:.4f} "
+          f"(min {obj['min'][main]:.4f}, max {obj['max'][main]:.4f}) over seeds {args.seeds}")
+    print(f"results: {out}\ntable: {table}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("jax", "absl", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args, cfg, options = parse_args(argv)
+        return run(args, cfg, options)
+    except (ValueError, OSError) as e:  # ConfigError, TaskDataError, WeightsError, DataError, FinetuneError, ...
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
