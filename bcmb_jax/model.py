@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from bcmb_jax.attention import attention
+from bcmb_jax.attention import attention_heads_first
 from bcmb_jax.config import ModelConfig
 
 ACTIVATIONS = {
@@ -98,10 +98,39 @@ def rope(pos_BT: jax.Array, theta: float, dim: int) -> tuple[jax.Array, jax.Arra
 
 
 def apply_rope(x_BTNK: jax.Array, cos_BTK: jax.Array, sin_BTK: jax.Array) -> jax.Array:
-    x = x_BTNK.astype(jnp.float32)
+    return _rotate(x_BTNK, cos_BTK[:, :, None], sin_BTK[:, :, None])
+
+
+def _rotate(x, cos, sin):
+    """x * cos + rotate_half(x) * sin in fp32, for any layout whose last axis is the head dim."""
+    x32 = x.astype(jnp.float32)
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos_BTK[:, :, None] + rotated * sin_BTK[:, :, None]).astype(x_BTNK.dtype)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _rope_constants(theta: float, dim: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [length, dim] for positions 0..length-1, angles rounded to float32 as `rope` does."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    f = np.arange(length, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)
+    f = np.concatenate([f, f], axis=-1).astype(np.float64)
+    return np.cos(f).astype(np.float32), np.sin(f).astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig, pos_BT: jax.Array) -> dict[float, tuple[jax.Array, jax.Array]]:
+    """{theta: (cos, sin) [B, 1, T, head_dim]} for the two rotary bases.
+
+    Rows of precomputed tables gathered by position (positions past max(T, max_position_embeddings)
+    are clipped). Computing sin/cos in the graph instead lets XLA fuse them into every layer's
+    use, recomputing them per head and per layer.
+    """
+    length = max(pos_BT.shape[1], cfg.max_position_embeddings)
+    tables = {}
+    for theta in {cfg.global_rope_theta, cfg.local_rope_theta}:
+        cos_LK, sin_LK = _rope_constants(float(theta), cfg.head_dim, length)
+        tables[theta] = tuple(jnp.take(jnp.asarray(t), pos_BT, axis=0, mode="clip")[:, None] for t in (cos_LK, sin_LK))
+    return tables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,16 +150,18 @@ class Attention(nnx.Module):
                              kernel_init=trunc_normal(out_std, c))
 
     def __call__(self, x_BTD, seg_BT, rope_tables):
+        """`rope_tables`: {theta: (cos, sin) [B, 1, T, K]} from `rope_tables`."""
         B, T, _ = x_BTD.shape
         N, K = self.cfg.num_attention_heads, self.cfg.head_dim
-        qkv_BT3NK = self.Wqkv(x_BTD).reshape(B, T, 3, N, K)
-        cos_BTK, sin_BTK = rope_tables[self.theta]
-        q_BTNK = apply_rope(qkv_BT3NK[:, :, 0], cos_BTK, sin_BTK)
-        k_BTNK = apply_rope(qkv_BT3NK[:, :, 1], cos_BTK, sin_BTK)
-        o_BTNK = attention(q_BTNK, k_BTNK, qkv_BT3NK[:, :, 2], seg_BT, window=self.window,
-                           backend=self.cfg.attention_backend, local_chunk=self.cfg.local_chunk,
-                           global_chunk=self.cfg.global_chunk)
-        return self.Wo(o_BTNK.reshape(B, T, N * K))
+        # One transpose to the heads-first layout of the attention kernels (fused with the rotation).
+        qkv_3BNTK = self.Wqkv(x_BTD).reshape(B, T, 3, N, K).transpose(2, 0, 3, 1, 4)
+        cos_B1TK, sin_B1TK = rope_tables[self.theta]
+        q_BNTK = _rotate(qkv_3BNTK[0], cos_B1TK, sin_B1TK)
+        k_BNTK = _rotate(qkv_3BNTK[1], cos_B1TK, sin_B1TK)
+        o_BNTK = attention_heads_first(q_BNTK, k_BNTK, qkv_3BNTK[2], seg_BT, window=self.window,
+                                       backend=self.cfg.attention_backend, local_chunk=self.cfg.local_chunk,
+                                       global_chunk=self.cfg.global_chunk)
+        return self.Wo(o_BNTK.transpose(0, 2, 1, 3).reshape(B, T, N * K))
 
 
 class MLP(nnx.Module):
@@ -192,16 +223,54 @@ class ModernBert(nnx.Module):
         self.final_norm = layer_norm(cfg, dtype, rngs)
 
     def __call__(self, ids_BT, seg_BT, pos_BT):
-        cfg = self.cfg
-        rope_tables = {theta: rope(pos_BT, theta, cfg.head_dim)
-                       for theta in {cfg.global_rope_theta, cfg.local_rope_theta}}
+        tables = rope_tables(self.cfg, pos_BT)
         x_BTD = self.embeddings(ids_BT)
         for layer in self.layers:
-            if self.remat:
-                x_BTD = nnx.remat(lambda lyr, x: lyr(x, seg_BT, rope_tables))(layer, x_BTD)
-            else:
-                x_BTD = layer(x_BTD, seg_BT, rope_tables)
+            x_BTD = _recomputed(layer, x_BTD, seg_BT, tables) if self.remat else layer(x_BTD, seg_BT, tables)
         return self.final_norm(x_BTD)
+
+
+def _recomputed(layer: Layer, x_BTD, seg_BT, tables):
+    """`layer(x)` whose activations are recomputed in the backward pass instead of stored.
+
+    Only the layer input is kept. `jax.checkpoint` is not used because XLA:CPU merges its
+    recomputation back into the forward pass (common-subexpression elimination once the
+    optimization barriers are gone), which keeps every activation alive. Here the backward pass
+    recomputes the layer from `x + 0 * g[0]` (g: the incoming gradient), which XLA can neither
+    merge with the forward pass nor schedule before the gradient arrives. Works under NNX
+    transforms and inside a plain `jax.jit` / `jax.grad` of a merged model; not with active MLP
+    dropout (its masks would differ between the two passes).
+    """
+    drop = layer.mlp.drop
+    if drop.rate > 0 and not drop.deterministic:
+        raise ValueError("remat=True needs mlp_dropout == 0 (or the model in eval mode)")
+    graphdef, state = nnx.split(layer)
+    return _remat_apply(graphdef, state, x_BTD, seg_BT, tables)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _remat_apply(graphdef, state, x_BTD, seg_BT, tables):
+    return nnx.merge(graphdef, state)(x_BTD, seg_BT, tables)
+
+
+def _remat_fwd(graphdef, state, x_BTD, seg_BT, tables):
+    return _remat_apply(graphdef, state, x_BTD, seg_BT, tables), (state, x_BTD, seg_BT, tables)
+
+
+def _remat_bwd(graphdef, res, g_BTD):
+    state, x_BTD, seg_BT, tables = res
+    tied_BTD = x_BTD + 0 * g_BTD.reshape(-1)[0]  # == x; ties the recomputation to the gradient
+    _, vjp = jax.vjp(lambda st, x: nnx.merge(graphdef, st)(x, seg_BT, tables), state, tied_BTD)
+    d_state, d_x = vjp(g_BTD)
+    # Likewise make the next layer's backward wait for this layer's weight gradients, so that they
+    # are computed now and the recomputed activations they read can be freed.
+    firsts = [leaf.reshape(-1)[0] for leaf in jax.tree.leaves(d_state)
+              if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size]
+    d_x = d_x + 0 * sum(firsts).astype(d_x.dtype)
+    return d_state, d_x, None, None
+
+
+_remat_apply.defvjp(_remat_fwd, _remat_bwd)
 
 
 class PredictionHead(nnx.Module):
@@ -277,12 +346,35 @@ class ModernBertForMaskedLM(_Task):
         """Vocabulary logits for any [..., D] hidden states (used on masked positions only in training)."""
         logits = self.model.embeddings.tok_embeddings.attend(self.head(h_ND))
         if self.decoder_bias is not None:
-            logits = logits + self.decoder_bias[...].astype(logits.dtype)
+            logits = _add_bias(logits, self.decoder_bias[...])
         return logits
 
     def forward(self, ids_BT, seg_BT, pos_BT, *, packed=False, num_segments=None):
         h_BTD = self.model(ids_BT, seg_BT, pos_BT)
         return Output(self.mlm_logits(h_BTD), h_BTD)
+
+
+@jax.custom_vjp
+def _add_bias(x_NV: jax.Array, b_V: jax.Array) -> jax.Array:
+    """x + b over the last axis; the bias gradient is a ones-vector matmul.
+
+    (Autodiff would sum the [N, V] gradient over its leading axis, a reduction XLA:CPU runs about
+    70x slower than the equivalent matrix-vector product for V = 50368.)
+    """
+    return x_NV + b_V.astype(x_NV.dtype)
+
+
+def _add_bias_fwd(x_NV, b_V):
+    return _add_bias(x_NV, b_V), b_V
+
+
+def _add_bias_bwd(b_V, g_NV):
+    g_MV = g_NV.reshape(-1, g_NV.shape[-1])
+    db_V = jnp.dot(jnp.ones((g_MV.shape[0],), g_MV.dtype), g_MV, preferred_element_type=jnp.float32)
+    return g_NV, db_V.astype(b_V.dtype)
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 class _Classifier(_Task):
