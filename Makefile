@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 bench: $(STAMP)
-	$(PY) bench/quick.py
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf $(VENV) runs results

@@ -85,7 +85,7 @@ def encode(model, sequences: Sequence[Sequence[int]], *, row_len: int | None = N
     results: list[np.ndarray | None] = [None] * len(sequences)
     for start in range(0, len(bins), rows_per_call):
         chunk = bins[start:start + rows_per_call]
-        n_rows = rows_per_call if len(bins) > rows_per_call else _bucket(len(chunk), 1)
+        n_rows = min(rows_per_call, _bucket(len(chunk), 1))  # a short last call is not padded to full size
         batch = make_rows(sequences, chunk, row_len, cfg.pad_token_id, n_rows)
         out = model(batch["input_ids"], segment_ids=batch["segment_ids"], position_ids=batch["position_ids"],
                     **({"num_segments": max_docs} if model.task == "sequence" else {}))

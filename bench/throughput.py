@@ -14,8 +14,8 @@ One pass = the whole set in batches of `--batch-tokens` tokens; the first pass i
 pads every batch on the right to its longest sample, as a transformers data collator does.
 
 Training: MLM steps of StableAdamW (bcmb_jax.optim vs torch-optimi) on the same batch of
-`fixed_L` samples with 30% masking (80/10/10). JAX runs the head on the masked positions only
-(`mlm_train_step`); torch runs `ModernBertForMaskedLM(labels=...)` as shipped (dense logits).
+`fixed_L` samples with 30% masking (80/10/10). JAX runs `train.py`'s step (the head on the
+masked positions only); torch runs `ModernBertForMaskedLM(labels=...)` as shipped (dense logits).
 
 Every case runs in its own subprocess, so memory is per case: peak resident set size on CPU
 (VmHWM, reset at the start of the timed part) and peak device memory on GPU. MFU = model FLOPs
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import platform
@@ -56,7 +55,6 @@ SIZES = {  # transformers ModernBertConfig overrides; base/large are the release
 BACKENDS = ("jax", "torch-sdpa", "torch-eager", "torch-compile", "torch-fa2")
 TORCH_IMPL = {"torch-sdpa": "sdpa", "torch-eager": "eager", "torch-compile": "sdpa", "torch-fa2": "flash_attention_2"}
 MASK_RATE = 0.30
-MLM_CHUNK = 1024  # masked positions per MLM-head chunk in the JAX train step (when there are more)
 SEED = 42
 
 
@@ -223,61 +221,6 @@ def gemm_peak(framework: str, gpu: bool) -> float:
 # JAX
 
 
-def mlm_train_step(graphdef, params, rest, opt_state, batch, tx):
-    """One MLM step, pure: (params, opt_state, loss) <- (params, opt_state, batch).
-
-    `batch`: input_ids / segment_ids / position_ids [B, T]; mlm_index [P] (flat positions of the
-    masked tokens, padded to a fixed P, a multiple of MLM_CHUNK when larger), mlm_labels [P],
-    mlm_weight [P] (0 on the padding). The MLM head runs on the P gathered positions only (in
-    recomputed chunks of MLM_CHUNK when P is larger); loss = mean cross-entropy over the masked tokens.
-    Jit it with `graphdef` and `tx` static and params / opt_state donated (see `jit_train_step`).
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params, rest)
-        h_BTD = model.model(batch["input_ids"], batch["segment_ids"], batch["position_ids"])
-        h_PD = h_BTD.reshape(-1, h_BTD.shape[-1])[batch["mlm_index"]]
-        parts = (h_PD, batch["mlm_labels"], batch["mlm_weight"])
-
-        def chunk_loss(args):
-            h_CD, labels_C, w_C = args
-            logits_CV = model.mlm_logits(h_CD).astype(jnp.float32)
-            # cross-entropy with the label logit picked by a mask (its gradient needs no scatter)
-            picked_C = jnp.where(jnp.arange(logits_CV.shape[-1]) == labels_C[:, None], logits_CV, 0.0).sum(-1)
-            return ((jax.nn.logsumexp(logits_CV, axis=-1) - picked_C) * w_C).sum()
-
-        P = h_PD.shape[0]
-        if P <= MLM_CHUNK:
-            total = chunk_loss(parts)
-        else:  # chunks whose [chunk, V] logits are recomputed in the backward pass, never all stored
-            chunked = tuple(x.reshape(P // MLM_CHUNK, MLM_CHUNK, *x.shape[1:]) for x in parts)
-            total = jax.lax.map(jax.checkpoint(chunk_loss), chunked).sum()
-        return total / jnp.maximum(batch["mlm_weight"].sum(), 1.0)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-
-@functools.cache
-def jit_train_step():
-    import jax
-
-    return jax.jit(mlm_train_step, static_argnames=("graphdef", "tx"), donate_argnames=("params", "opt_state"))
-
-
-def recipe_optimizer_jax():
-    """StableAdamW of the recipe: lr 3e-4, betas (0.9, 0.98), eps 1e-6, wd 1e-5 on >1-D tensors."""
-    from bcmb_jax import optim
-
-    return optim.stable_adamw(3e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=1e-5,
-                              weight_decay_mask=optim.weight_decay_mask)
-
-
 def jax_infer(job: dict, docs: list[np.ndarray]) -> dict:
     import jax.numpy as jnp
 
@@ -297,33 +240,32 @@ def jax_infer(job: dict, docs: list[np.ndarray]) -> dict:
 
 
 def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
+    """`train.py`'s own step (`trainer.make_train_step`): sparse MLM head, StableAdamW of the recipe."""
+    import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     import bcmb_jax
+    from bcmb_jax import optim, trainer
 
-    model = bcmb_jax.from_pretrained(job["model_dir"], task="mlm", dtype=jnp.dtype(job["dtype"]))
-    if hasattr(model, "load_report"):  # plain metadata; the graph definition must be hashable
+    model = bcmb_jax.from_pretrained(job["model_dir"], task="mlm", dtype=jnp.dtype(job["dtype"]),
+                                     remat=bool(job.get("remat")))
+    if hasattr(model, "load_report"):  # plain metadata, not model state
         del model.load_report
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = recipe_optimizer_jax()
-    opt_state = tx.init(params)
+    graphdef, params, rest = trainer.split_model(model)
+    tx = optim.make_optimizer(optim.OptimConfig())  # lr 3e-4, betas (0.9, 0.98), eps 1e-6, wd 1e-5
+    state = trainer.init_state(params, tx)
     B, T = batch["input_ids"].shape
-    flat = np.flatnonzero(batch["labels"].reshape(-1) >= 0)
-    P = -(-len(flat) // 128) * 128  # a fixed, padded number of predicted positions
-    P = P if P <= MLM_CHUNK else -(-P // MLM_CHUNK) * MLM_CHUNK
-    index = np.zeros(P, np.int32)
-    index[:len(flat)] = flat
-    jb = {"input_ids": jnp.asarray(batch["input_ids"]), "segment_ids": jnp.ones((B, T), jnp.int32),
-          "position_ids": jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)),
-          "mlm_index": jnp.asarray(index), "mlm_labels": jnp.asarray(batch["labels"].reshape(-1)[index]),
-          "mlm_weight": jnp.asarray((np.arange(P) < len(flat)).astype(np.float32))}
-    step = jit_train_step()
-    state = {"params": params, "opt_state": opt_state}
+    cap = trainer.masked_cap(T, MASK_RATE, trainer.TrainConfig.masked_cap_sigmas)
+    step = jax.jit(trainer.make_train_step(graphdef, rest, tx, cap, SEED), donate_argnums=(0,))
+    jb = {"input_ids": batch["input_ids"], "labels": batch["labels"], "segment_ids": np.ones((B, T), np.int32),
+          "position_ids": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))}
+    jb = {k: jnp.asarray(v)[None] for k, v in jb.items()}  # one micro-batch
+    lr = jnp.float32(3e-4)
+    box = {"state": state}
 
     def run():
-        state["params"], state["opt_state"], loss = step(graphdef, state["params"], rest, state["opt_state"], jb, tx)
-        float(loss)
+        box["state"], metrics = step(box["state"], jb, lr)
+        float(metrics["loss"])
 
     t0 = time.perf_counter()
     run()
@@ -331,7 +273,7 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
     with PeakMemory("jax", job["device_kind"]) as mem:
         times = timed(run, job["warmup"] - 1, job["repeats"])
     return {"times_s": times, "peak_mem_mb": mem.mb, "memory": mem.how, "first_step_s": compile_s,
-            "predicted_positions": P, "loss": "sparse head, mean CE over masked tokens"}
+            "masked_cap_per_row": cap, "loss": "train.py's step: sparse MLM head, mean CE over masked tokens"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +331,8 @@ def torch_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
 
     model, impl = torch_model(job, masked_lm=True)
     model.train()
+    if job.get("remat"):
+        model.gradient_checkpointing_enable()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = optimi.StableAdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=3e-4,
@@ -614,18 +558,21 @@ def main(argv=None) -> None:
     ap.add_argument("--model", help="a Hugging Face model directory (any encoder for the torch backends; "
                                     "ModernBERT for jax); default: random weights of --size")
     ap.add_argument("--size", default="base", choices=sorted(SIZES))
-    ap.add_argument("--samples", default="16", help="documents per set (paper: 4096); one number, or one per length")
-    ap.add_argument("--lengths", default="512", help="comma-separated L; sets fixed_L and variable_L")
+    ap.add_argument("--samples", default="16,4", help="documents per set (paper: 4096); one number, or one per length")
+    ap.add_argument("--lengths", default="512,2048", help="comma-separated L; sets fixed_L and variable_L")
     ap.add_argument("--sets", default="fixed,variable", help="which of fixed,variable to run")
     ap.add_argument("--backends", default="jax,torch-sdpa", help=f"comma-separated, of {','.join(BACKENDS)}")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward call (rows = this // L)")
+    ap.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward call (rows = this // L)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes (the median is reported)")
     ap.add_argument("--train-lengths", default="512", help="MLM training lengths; '' to skip training")
     ap.add_argument("--train-backends", default="jax,torch-sdpa")
     ap.add_argument("--train-batch-tokens", type=int, default=2048, help="tokens per training step")
     ap.add_argument("--train-steps", type=int, default=3, help="timed steps (after --train-warmup)")
     ap.add_argument("--train-warmup", type=int, default=2, help="untimed steps (the first compiles)")
+    ap.add_argument("--remat", action="store_true",
+                    help="training recomputes each layer in the backward pass (JAX remat=True, torch gradient "
+                         "checkpointing): less memory, about a third more compute")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per case before it is abandoned")
     ap.add_argument("--in-process", action="store_true",
@@ -672,15 +619,17 @@ def main(argv=None) -> None:
                               "batch_rows": max(1, args.batch_tokens // L)} for b in backends]
         for L in train_lengths:
             if L <= cfg["max_len"]:
-                jobs += [{**base, "kind": "train", "backend": b, "set": f"train_{L}", "length": L,
+                name = f"train_{L}" + ("_remat" if args.remat else "")
+                jobs += [{**base, "kind": "train", "backend": b, "set": name, "length": L,
                           "batch_rows": max(1, args.train_batch_tokens // L), "repeats": args.train_steps,
-                          "warmup": max(1, args.train_warmup)} for b in train_backends]
+                          "warmup": max(1, args.train_warmup), "remat": args.remat} for b in train_backends]
         protocol = (f"model: {args.model or 'random ModernBERT-' + args.size} ({cfg['model_type']}, hidden "
                     f"{cfg['hidden_size']}), {args.dtype}; inference sets {', '.join(kinds)} at L = {lengths}, "
                     f"samples {[samples_of[L] for L in lengths]}, {args.batch_tokens} tokens per call, 1 warm-up "
                     f"pass + median of {args.repeats}; training at L = {train_lengths}, "
                     f"{args.train_batch_tokens} tokens per step, {args.train_warmup} warm-up + median of "
-                    f"{args.train_steps} steps, 30% masking, StableAdamW; backends {backends} / train {train_backends}")
+                    f"{args.train_steps} steps, 30% masking, StableAdamW{', remat' if args.remat else ''}; "
+                    f"backends {backends} / train {train_backends}")
         print("protocol:", protocol, flush=True)
         results = [run_case(job, tmp, args.timeout, args.in_process) for job in jobs]
     ok = [r for r in results if "error" not in r]

@@ -75,7 +75,7 @@ def test_modernbert_jax_and_torch(bench, tmp_path):
     lengths = [len(d) for d in bench.make_set("variable", 64, 3, 50368)]
     assert by["fixed_64", "jax"]["tokens"] == 3 * 64 and by["variable_64", "torch-sdpa"]["tokens"] == sum(lengths)
     assert by["variable_64", "torch-sdpa"]["padded_tokens"] == 3 * max(lengths)
-    assert by["train_32", "jax"]["tokens"] == 64 and by["train_32", "jax"]["predicted_positions"] % 128 == 0
+    assert by["train_32", "jax"]["tokens"] == 64 and by["train_32", "jax"]["masked_cap_per_row"] > 0.3 * 32
     assert by["fixed_64", "torch-sdpa"]["attn_implementation"] == "sdpa"
     assert "jax / torch-sdpa" in (out / "results.md").read_text()
 
