@@ -221,12 +221,18 @@ def gemm_peak(framework: str, gpu: bool) -> float:
 # JAX
 
 
+def jax_attention(job: dict) -> dict:
+    """The `gpu` attention backend (Pallas flash attention for global layers) on GPU, else the default."""
+    return {"attention_backend": "gpu"} if job["device_kind"] == "gpu" else {}
+
+
 def jax_infer(job: dict, docs: list[np.ndarray]) -> dict:
     import jax.numpy as jnp
 
     import bcmb_jax
 
-    model = bcmb_jax.from_pretrained(job["model_dir"], task="base", dtype=jnp.dtype(job["dtype"]))
+    model = bcmb_jax.from_pretrained(job["model_dir"], task="base", dtype=jnp.dtype(job["dtype"]),
+                                     config_overrides=jax_attention(job))
     L = job["length"]
 
     def run():
@@ -248,7 +254,7 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
     from bcmb_jax import optim, trainer
 
     model = bcmb_jax.from_pretrained(job["model_dir"], task="mlm", dtype=jnp.dtype(job["dtype"]),
-                                     remat=bool(job.get("remat")))
+                                     remat=bool(job.get("remat")), config_overrides=jax_attention(job))
     if hasattr(model, "load_report"):  # plain metadata, not model state
         del model.load_report
     graphdef, params, rest = trainer.split_model(model)
@@ -558,7 +564,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", help="a Hugging Face model directory (any encoder for the torch backends; "
                                     "ModernBERT for jax); default: random weights of --size")
     ap.add_argument("--size", default="base", choices=sorted(SIZES))
-    ap.add_argument("--samples", default="16,4", help="documents per set (paper: 4096); one number, or one per length")
+    ap.add_argument("--samples", default="8,2", help="documents per set (paper: 4096); one number, or one per length")
     ap.add_argument("--lengths", default="512,2048", help="comma-separated L; sets fixed_L and variable_L")
     ap.add_argument("--sets", default="fixed,variable", help="which of fixed,variable to run")
     ap.add_argument("--backends", default="jax,torch-sdpa", help=f"comma-separated, of {','.join(BACKENDS)}")
