@@ -174,6 +174,16 @@ def timed(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
+def timed_steps(run, framework: str, job: dict) -> dict:
+    """Training timing: the first step (compilation) alone, then warm-up and timed steps under PeakMemory."""
+    t0 = time.perf_counter()
+    run()
+    first = time.perf_counter() - t0
+    with PeakMemory(framework, job["device_kind"]) as mem:
+        times = timed(run, job["warmup"] - 1, job["repeats"])
+    return {"times_s": times, "peak_mem_mb": mem.mb, "memory": mem.how, "first_step_s": first}
+
+
 def device_name(framework: str) -> tuple[str, str]:
     """(kind "cpu" | "gpu", readable name)."""
     if framework == "jax":
@@ -273,13 +283,8 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
         box["state"], metrics = step(box["state"], jb, lr)
         float(metrics["loss"])
 
-    t0 = time.perf_counter()
-    run()
-    compile_s = time.perf_counter() - t0
-    with PeakMemory("jax", job["device_kind"]) as mem:
-        times = timed(run, job["warmup"] - 1, job["repeats"])
-    return {"times_s": times, "peak_mem_mb": mem.mb, "memory": mem.how, "first_step_s": compile_s,
-            "masked_cap_per_row": cap, "loss": "train.py's step: sparse MLM head, mean CE over masked tokens"}
+    return {**timed_steps(run, "jax", job), "masked_cap_per_row": cap,
+            "loss": "train.py's step: sparse MLM head, mean CE over masked tokens"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,13 +361,8 @@ def torch_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
         opt.zero_grad(set_to_none=True)
         float(loss)
 
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
-    with PeakMemory("torch", job["device_kind"]) as mem:
-        times = timed(run, job["warmup"] - 1, job["repeats"])
-    return {"times_s": times, "peak_mem_mb": mem.mb, "memory": mem.how, "attn_implementation": impl,
-            "first_step_s": first, "loss": "HF ModernBertForMaskedLM(labels=...), dense logits"}
+    return {**timed_steps(run, "torch", job), "attn_implementation": impl,
+            "loss": "HF ModernBertForMaskedLM(labels=...), dense logits"}
 
 
 # ---------------------------------------------------------------------------------------------
