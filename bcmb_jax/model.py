@@ -149,12 +149,12 @@ class Attention(nnx.Module):
         self.Wo = nnx.Linear(H, H, use_bias=cfg.attention_bias, dtype=dtype, rngs=rngs,
                              kernel_init=trunc_normal(out_std, c))
 
-    def __call__(self, x_BTD, seg_BT, rope_tables):
-        """`rope_tables`: {theta: (cos, sin) [B, 1, T, K]} from `rope_tables`."""
+    def __call__(self, x_BTD, seg_BT, rope_tables, norm: nnx.LayerNorm | None = None):
+        """Attention of `norm(x)`; `rope_tables`: {theta: (cos, sin) [B, 1, T, K]} from `rope_tables`."""
         B, T, _ = x_BTD.shape
         N, K = self.cfg.num_attention_heads, self.cfg.head_dim
         # One transpose to the heads-first layout of the attention kernels (fused with the rotation).
-        qkv_3BNTK = self.Wqkv(x_BTD).reshape(B, T, 3, N, K).transpose(2, 0, 3, 1, 4)
+        qkv_3BNTK = normed_linear(norm, self.Wqkv, x_BTD).reshape(B, T, 3, N, K).transpose(2, 0, 3, 1, 4)
         cos_B1TK, sin_B1TK = rope_tables[self.theta]
         q_BNTK = _rotate(qkv_3BNTK[0], cos_B1TK, sin_B1TK)
         k_BNTK = _rotate(qkv_3BNTK[1], cos_B1TK, sin_B1TK)
@@ -177,13 +177,38 @@ class MLP(nnx.Module):
                              kernel_init=trunc_normal(out_std, c))
         self.drop = nnx.Dropout(cfg.mlp_dropout, rngs=rngs)
 
-    def __call__(self, x_BTD):
-        u_BTF, g_BTF = jnp.split(self.Wi(x_BTD), 2, axis=-1)
+    def __call__(self, x_BTD, norm: nnx.LayerNorm | None = None):
+        """The MLP of `norm(x)`."""
+        u_BTF, g_BTF = jnp.split(normed_linear(norm, self.Wi, x_BTD), 2, axis=-1)
         return self.Wo(self.drop(self.act(u_BTF) * g_BTF))
 
 
 def layer_norm(cfg: ModelConfig, dtype, rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.norm_eps, use_bias=cfg.norm_bias, dtype=dtype, rngs=rngs)
+
+
+def normed_linear(norm: nnx.LayerNorm | None, linear: nnx.Linear, x_BTD: jax.Array) -> jax.Array:
+    """`linear(norm(x))` with the norm's scale and bias folded into the linear layer's weights.
+
+    (x_hat * g + b) @ W + c == x_hat @ (g[:, None] * W) + (b @ W + c): the same function, but the
+    scaled [B, T, D] activation is never formed. XLA:CPU would otherwise materialise a [B, T, D]
+    broadcast of every norm's scale and keep all of them alive for the whole backward pass
+    (1.1 GB for the base model at 8,192 tokens).
+    """
+    if norm is None:
+        return linear(x_BTD)
+    x32 = x_BTD.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    xc = x32 - mean
+    xhat_BTD = (xc * jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + norm.epsilon)).astype(x_BTD.dtype)
+    W_DO = linear.kernel[...] * norm.scale[...][:, None]
+    b_O = linear.bias[...] if linear.bias is not None else None
+    if norm.bias is not None:
+        shift_O = norm.bias[...] @ linear.kernel[...]
+        b_O = shift_O if b_O is None else b_O + shift_O
+    dtype = linear.dtype or x_BTD.dtype
+    y = jnp.dot(xhat_BTD.astype(dtype), W_DO.astype(dtype), precision=linear.precision)
+    return y if b_O is None else y + b_O.astype(dtype)
 
 
 class Layer(nnx.Module):
@@ -195,9 +220,8 @@ class Layer(nnx.Module):
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BTD, seg_BT, rope_tables):
-        a_BTD = x_BTD if self.attn_norm is None else self.attn_norm(x_BTD)
-        x_BTD = x_BTD + self.attn(a_BTD, seg_BT, rope_tables)
-        return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+        x_BTD = x_BTD + self.attn(x_BTD, seg_BT, rope_tables, norm=self.attn_norm)
+        return x_BTD + self.mlp(x_BTD, norm=self.mlp_norm)
 
 
 class Embeddings(nnx.Module):

@@ -173,7 +173,7 @@ def masked_cap(seq_len: int, rate: float, sigmas: float) -> int:
 # The step
 
 
-def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 4096):
+def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024):
     """Sum of cross-entropies over the masked positions (sparse prediction) and their count.
 
     The head and the tied decoder run only on the gathered masked positions, `chunk` at a time

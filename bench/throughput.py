@@ -20,7 +20,7 @@ masked positions only); torch runs `ModernBertForMaskedLM(labels=...)` as shippe
 Every case runs in its own subprocess, so memory is per case: peak resident set size on CPU
 (VmHWM, reset at the start of the timed part) and peak device memory on GPU. MFU = model FLOPs
 (matmuls plus attention over the keys each token really attends to; x3 for training) per second
-over the fp32 matmul peak of the same framework, measured in the same process with a large GEMM.
+over the matmul peak of the same framework and dtype, measured in the same process with a large GEMM.
 
 Writes results.json, results.md and two PNG plots to `--out`.
 """
@@ -133,6 +133,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         elif not self.gpu:
+            release_free_memory()
             try:  # Linux: "5" resets the peak RSS (VmHWM) of this process
                 Path("/proc/self/clear_refs").write_text("5")
             except OSError:
@@ -161,6 +162,17 @@ class PeakMemory:
                 self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 self.how = "peak RSS of the process (ru_maxrss)"
         return False
+
+
+def release_free_memory() -> None:
+    """Returns memory freed by earlier phases (model loading, compilation) to the OS (glibc), so that
+    the peak RSS of the timed part counts what it keeps alive, not what the allocator cached before."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def timed(fn, warmup: int, repeats: int) -> list[float]:
@@ -205,20 +217,20 @@ def device_name(framework: str) -> tuple[str, str]:
     return "cpu", f"{cpu} ({os.cpu_count()} cores)"
 
 
-def gemm_peak(framework: str, gpu: bool) -> float:
-    """fp32 matmul FLOP/s of a large square GEMM (median of 5 after a warm-up)."""
+def gemm_peak(framework: str, gpu: bool, dtype: str = "float32") -> float:
+    """Matmul FLOP/s of a large square GEMM in `dtype` (median of 5 after a warm-up)."""
     n = 8192 if gpu else 2048
     if framework == "jax":
         import jax
         import jax.numpy as jnp
 
-        a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+        a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.dtype(dtype))
         f = jax.jit(lambda a: jnp.dot(a, a, precision="highest"))
         run = lambda: f(a).block_until_ready()  # noqa: E731
     else:
         import torch
 
-        a = torch.randn(n, n, dtype=torch.float32, device="cuda" if gpu else "cpu")
+        a = torch.randn(n, n, dtype=getattr(torch, dtype), device="cuda" if gpu else "cpu")
 
         def run():
             torch.mm(a, a)
@@ -268,20 +280,35 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
     if hasattr(model, "load_report"):  # plain metadata, not model state
         del model.load_report
     graphdef, params, rest = trainer.split_model(model)
-    tx = optim.make_optimizer(optim.OptimConfig())  # lr 3e-4, betas (0.9, 0.98), eps 1e-6, wd 1e-5
-    state = trainer.init_state(params, tx)
+    del model
     B, T = batch["input_ids"].shape
     cap = trainer.masked_cap(T, MASK_RATE, trainer.TrainConfig.masked_cap_sigmas)
-    step = jax.jit(trainer.make_train_step(graphdef, rest, tx, cap, SEED), donate_argnums=(0,))
     jb = {"input_ids": batch["input_ids"], "labels": batch["labels"], "segment_ids": np.ones((B, T), np.int32),
           "position_ids": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))}
-    jb = {k: jnp.asarray(v)[None] for k, v in jb.items()}  # one micro-batch
-    lr = jnp.float32(3e-4)
-    box = {"state": state}
+    jb = {k: jnp.asarray(v) for k, v in jb.items()}
+    if job["kind"] == "fwdbwd":  # loss and gradients only: no optimizer state, no update
+        from flax import nnx
 
-    def run():
-        box["state"], metrics = step(box["state"], jb, lr)
-        float(metrics["loss"])
+        def loss(p):
+            total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, trainer.int_keys(p), rest), jb, cap)
+            return total / count
+
+        grad = jax.jit(jax.value_and_grad(loss))
+
+        def run():
+            value, _ = grad(params)
+            float(value)
+    else:
+        tx = optim.make_optimizer(optim.OptimConfig())  # lr 3e-4, betas (0.9, 0.98), eps 1e-6, wd 1e-5
+        step = jax.jit(trainer.make_train_step(graphdef, rest, tx, cap, SEED), donate_argnums=(0,))
+        box = {"state": trainer.init_state(params, tx)}
+        del params
+        jb = {k: v[None] for k, v in jb.items()}  # one micro-batch
+        lr = jnp.float32(3e-4)
+
+        def run():
+            box["state"], metrics = step(box["state"], jb, lr)
+            float(metrics["loss"])
 
     return {**timed_steps(run, "jax", job), "masked_cap_per_row": cap,
             "loss": "train.py's step: sparse MLM head, mean CE over masked tokens"}
@@ -357,7 +384,8 @@ def torch_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
     def run():
         loss = fwd(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
-        opt.step()
+        if job["kind"] != "fwdbwd":  # fwdbwd: loss and gradients only
+            opt.step()
         opt.zero_grad(set_to_none=True)
         float(loss)
 
@@ -406,7 +434,7 @@ def run_job(job: dict) -> dict:
         masked = int((batch["labels"] >= 0).sum())
         flops = 3 * job["batch_rows"] * forward_flops(cfg, job["length"], masked / job["batch_rows"])
     med = statistics.median(res["times_s"])
-    peak = gemm_peak(framework, job["device_kind"] == "gpu")
+    peak = gemm_peak(framework, job["device_kind"] == "gpu", job["dtype"])
     return {"set": job["set"], "backend": job["backend"], "kind": job["kind"], "tokens_per_s": tokens / med,
             "peak_mem_mb": res.pop("peak_mem_mb"), "mfu": (flops / med / peak) if flops else None,
             "tokens": tokens, "batch_rows": job["batch_rows"], "repeats": job["repeats"],
@@ -513,8 +541,9 @@ def markdown(results: list[dict], meta: dict) -> str:
                 for b in backends]
         row += [fmt(get.get((s, b), {}).get("peak_mem_mb"), "{:.0f}") for b in backends]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Memory: " + meta["memory"], "MFU: model FLOPs (x3 for training) / measured fp32 GEMM peak "
-              "of the same framework: " + ", ".join(f"{b} {p / 1e9:.0f} GFLOP/s" for b, p in meta["peaks"].items()),
+    lines += ["", "Memory: " + meta["memory"],
+              f"MFU: model FLOPs (x3 for training) / measured {meta['dtype']} GEMM peak of the same framework: "
+              + ", ".join(f"{b} {p / 1e9:.0f} GFLOP/s" for b, p in meta["peaks"].items()),
               f"Device: {meta['device']}; versions: {meta['versions']}", ""]
     return "\n".join(lines)
 
@@ -579,6 +608,9 @@ def main(argv=None) -> None:
     ap.add_argument("--remat", action="store_true",
                     help="training recomputes each layer in the backward pass (JAX remat=True, torch gradient "
                          "checkpointing): less memory, about a third more compute")
+    ap.add_argument("--memory-lengths", default="",
+                    help="lengths L of a 1 x L forward+backward case (loss and gradients, no optimizer) with "
+                         "per-layer recomputation in both frameworks: the memory figure for long documents")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per case before it is abandoned")
     ap.add_argument("--in-process", action="store_true",
@@ -629,6 +661,10 @@ def main(argv=None) -> None:
                 jobs += [{**base, "kind": "train", "backend": b, "set": name, "length": L,
                           "batch_rows": max(1, args.train_batch_tokens // L), "repeats": args.train_steps,
                           "warmup": max(1, args.train_warmup), "remat": args.remat} for b in train_backends]
+        for L in [int(x) for x in args.memory_lengths.split(",") if x]:
+            if L <= cfg["max_len"]:
+                jobs += [{**base, "kind": "fwdbwd", "backend": b, "set": f"fwdbwd_{L}_remat", "length": L,
+                          "batch_rows": 1, "repeats": 1, "warmup": 1, "remat": True} for b in train_backends]
         protocol = (f"model: {args.model or 'random ModernBERT-' + args.size} ({cfg['model_type']}, hidden "
                     f"{cfg['hidden_size']}), {args.dtype}; inference sets {', '.join(kinds)} at L = {lengths}, "
                     f"samples {[samples_of[L] for L in lengths]}, {args.batch_tokens} tokens per call, 1 warm-up "
@@ -639,7 +675,7 @@ def main(argv=None) -> None:
         print("protocol:", protocol, flush=True)
         results = [run_case(job, tmp, args.timeout, args.in_process) for job in jobs]
     ok = [r for r in results if "error" not in r]
-    meta = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    meta = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "dtype": args.dtype,
             "protocol": protocol,
             "memory": "; ".join(sorted({r["memory"] for r in ok})) or "-",
             "peaks": {r["backend"]: r["gemm_peak_flops"] for r in ok},
