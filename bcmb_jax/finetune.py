@@ -511,7 +511,7 @@ class JaxBackend:
         model.train()
         self.graph_train, params, rest = trainer.split_model(model)
         model.eval()
-        self.graph_eval, _, self.rest = trainer.split_model(model)
+        self.graph_eval, _, self.rest = trainer.split_model(model, training=False)
         self.base_params = jax.tree.map(np.asarray, params)
         self.tx = optim.make_optimizer(optim.OptimConfig(
             name="adamw", lr=1.0, betas=list(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,

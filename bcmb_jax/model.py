@@ -191,9 +191,12 @@ def normed_linear(norm: nnx.LayerNorm | None, linear: nnx.Linear, x_BTD: jax.Arr
     """`linear(norm(x))` with the norm's scale and bias folded into the linear layer's weights.
 
     (x_hat * g + b) @ W + c == x_hat @ (g[:, None] * W) + (b @ W + c): the same function, but the
-    scaled [B, T, D] activation is never formed. XLA:CPU would otherwise materialise a [B, T, D]
-    broadcast of every norm's scale and keep all of them alive for the whole backward pass
-    (1.1 GB for the base model at 8,192 tokens).
+    scaled [B, T, D] activation is never formed. With per-layer recomputation XLA:CPU would
+    otherwise materialise a [B, T, D] broadcast of every norm's scale and keep all of them alive
+    for the whole backward pass (1.1 GB for the base model at 8,192 tokens); inference is ~12%
+    faster. Not for training without remat: there XLA:CPU fuses the gradients of the norms' means
+    along the residual stream into one chain that it recomputes in every weight-gradient copy
+    (1.5x slower steps). `set_norm_folding` chooses.
     """
     if norm is None:
         return linear(x_BTD)
@@ -212,16 +215,32 @@ def normed_linear(norm: nnx.LayerNorm | None, linear: nnx.Linear, x_BTD: jax.Arr
 
 
 class Layer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, fold_norms: bool = True):
         # Layer 0 has no attention norm: the embeddings are already normalised.
         self.attn_norm = layer_norm(cfg, dtype, rngs) if layer > 0 else None
         self.attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.mlp_norm = layer_norm(cfg, dtype, rngs)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+        self.fold_norms = fold_norms  # norms folded into Wqkv / Wi (`normed_linear`); see `set_norm_folding`
 
     def __call__(self, x_BTD, seg_BT, rope_tables):
-        x_BTD = x_BTD + self.attn(x_BTD, seg_BT, rope_tables, norm=self.attn_norm)
-        return x_BTD + self.mlp(x_BTD, norm=self.mlp_norm)
+        if self.fold_norms:
+            x_BTD = x_BTD + self.attn(x_BTD, seg_BT, rope_tables, norm=self.attn_norm)
+            return x_BTD + self.mlp(x_BTD, norm=self.mlp_norm)
+        a_BTD = x_BTD if self.attn_norm is None else self.attn_norm(x_BTD)
+        x_BTD = x_BTD + self.attn(a_BTD, seg_BT, rope_tables)
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+
+
+def set_norm_folding(model: nnx.Module, fold: bool) -> None:
+    """Applies the layers' pre-norms folded into the next weights (`normed_linear`) or as LayerNorms.
+
+    The same function either way; folding is the default (inference) and what remat training
+    uses, LayerNorms are faster for training without remat (`trainer.split_model` sets this).
+    """
+    backbone = model if isinstance(model, ModernBert) else model.model
+    for layer in backbone.layers:
+        layer.fold_norms = fold
 
 
 class Embeddings(nnx.Module):

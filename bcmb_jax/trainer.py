@@ -27,7 +27,7 @@ from bcmb_jax import optim, pretrained
 from bcmb_jax import params as P
 from bcmb_jax.config import ConfigError, ModelConfig, opt
 from bcmb_jax.data import DataConfig
-from bcmb_jax.model import build
+from bcmb_jax.model import build, set_norm_folding
 from bcmb_jax.optim import OptimConfig, ScheduleConfig
 from bcmb_jax.sharding import DistributedConfig, MeshConfig
 
@@ -145,8 +145,14 @@ def _overrides(cfg: TrainConfig, mcfg: ModelConfig) -> dict:
     return {k: getattr(mcfg, k) for k in cfg.model.overrides if k in known}
 
 
-def split_model(model) -> tuple[nnx.GraphDef, dict, Any]:
-    """(graphdef, params as a nested dict with string keys, the other state: dropout RNG streams)."""
+def split_model(model, training: bool = True) -> tuple[nnx.GraphDef, dict, Any]:
+    """(graphdef, params as a nested dict with string keys, the other state: dropout RNG streams).
+
+    A `training` graph applies the layer norms as LayerNorms unless the model recomputes its layers
+    (`model.set_norm_folding`: the faster choice for XLA:CPU's backward pass).
+    """
+    backbone = model.model
+    set_norm_folding(model, fold=backbone.remat or not training)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, str_keys(nnx.to_pure_dict(params)), rest
 

@@ -194,3 +194,27 @@ def test_remat_gives_the_same_loss_and_gradients():
     worst = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
     print(f"remat vs stored activations: loss {abs(float(l0 - l1)):.2e}, grads max|d| = {worst:.2e}")
     assert abs(float(l0 - l1)) <= 1e-6 and worst <= 1e-5
+
+
+def test_folded_norms_compute_the_same_function():
+    """Pre-norms folded into Wqkv / Wi (inference, remat) vs LayerNorms (training): same outputs and gradients."""
+    import jax
+    from flax import nnx
+
+    from bcmb_jax.model import set_norm_folding
+
+    cfg = ModelConfig.from_hf_dict({**TINY, "norm_bias": True, "attention_bias": True, "mlp_bias": True})
+    ids = jnp.asarray(rng_ids((2, 40), seed=3), jnp.int32)
+
+    def logits_and_grads(fold):
+        model = bcmb_jax.build(cfg, "mlm", seed=2)
+        set_norm_folding(model, fold)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        seg, pos = jnp.ones_like(ids), jnp.broadcast_to(jnp.arange(40), (2, 40))
+        f = lambda p: nnx.merge(graphdef, p, rest).model(ids, seg, pos)  # noqa: E731
+        return f(params), jax.grad(lambda p: (f(p) ** 2).mean())(params)
+
+    (a, ga), (b, gb) = logits_and_grads(True), logits_and_grads(False)
+    gdiff = max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)))
+    print(f"folded vs LayerNorm: hidden {float(jnp.abs(a - b).max()):.2e}, grads {gdiff:.2e}")
+    assert float(jnp.abs(a - b).max()) <= 1e-5 and gdiff <= 1e-5
