@@ -151,8 +151,7 @@ def split_model(model, training: bool = True) -> tuple[nnx.GraphDef, dict, Any]:
     A `training` graph applies the layer norms as LayerNorms unless the model recomputes its layers
     (`model.set_norm_folding`: the faster choice for XLA:CPU's backward pass).
     """
-    backbone = model.model
-    set_norm_folding(model, fold=backbone.remat or not training)
+    set_norm_folding(model, fold=model.model.remat or not training)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, str_keys(nnx.to_pure_dict(params)), rest
 
