@@ -310,8 +310,9 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
             box["state"], metrics = step(box["state"], jb, lr)
             float(metrics["loss"])
 
+    what = "loss and gradients" if job["kind"] == "fwdbwd" else "train.py's step"
     return {**timed_steps(run, "jax", job), "masked_cap_per_row": cap,
-            "loss": "train.py's step: sparse MLM head, mean CE over masked tokens"}
+            "loss": f"{what}: sparse MLM head, mean CE over masked tokens"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,7 +672,9 @@ def main(argv=None) -> None:
                     f"pass + median of {args.repeats}; training at L = {train_lengths}, "
                     f"{args.train_batch_tokens} tokens per step, {args.train_warmup} warm-up + median of "
                     f"{args.train_steps} steps, 30% masking, StableAdamW{', remat' if args.remat else ''}; "
-                    f"backends {backends} / train {train_backends}")
+                    + (f"1 x L forward+backward with recomputation (no optimizer) at L = {args.memory_lengths}; "
+                       if args.memory_lengths else "")
+                    + f"backends {backends} / train {train_backends}")
         print("protocol:", protocol, flush=True)
         results = [run_case(job, tmp, args.timeout, args.in_process) for job in jobs]
     ok = [r for r in results if "error" not in r]
