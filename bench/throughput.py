@@ -277,8 +277,6 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
 
     model = bcmb_jax.from_pretrained(job["model_dir"], task="mlm", dtype=jnp.dtype(job["dtype"]),
                                      remat=bool(job.get("remat")), config_overrides=jax_attention(job))
-    if hasattr(model, "load_report"):  # plain metadata, not model state
-        del model.load_report
     graphdef, params, rest = trainer.split_model(model)
     del model
     B, T = batch["input_ids"].shape
@@ -290,7 +288,7 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
         from flax import nnx
 
         def loss(p):
-            total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, trainer.int_keys(p), rest), jb, cap)
+            total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, p, rest), jb, cap)
             return total / count
 
         grad = jax.jit(jax.value_and_grad(loss))
