@@ -19,6 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bcmb_jax import cli
+from bcmb_jax.config import ConfigError
+
 ROOT = Path(__file__).resolve().parent
 RUNS = ROOT / "runs"
 REAL = ROOT.parent / "shared" / "data"
@@ -115,11 +118,14 @@ def hf_mlm_loss(model_dir: Path, texts: list[str], rate: float = 0.15) -> float:
         return model(input_ids=ids, attention_mask=enc["attention_mask"], labels=labels).loss.item()
 
 
-def main() -> None:
+@cli.command
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", action="store_true", help="real tokenizer + pretrain_sample from ../shared/data")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: configs/demo.yaml)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
     RUNS.mkdir(exist_ok=True)
 
     banner("1. data")
@@ -163,7 +169,8 @@ def main() -> None:
         print(f"fill-mask: {sentence}\n           -> {guesses}")
     if not last < first:
         sys.exit("error: the MLM loss did not fall")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -274,7 +274,7 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
     stored = _dtype_of(_leaves(tree))
     dtype = dtype or stored
     total = sum(np.asarray(x).nbytes for x in _leaves(tree))
-    sd = P.nnx_to_hf(tree, cfg, task)
+    sd = P.nnx_to_hf(tree, cfg, task, source=f"{where.params} (config {where.config})")
     used = {".".join(map(str, e.path)) for e in P.key_map(cfg, task)}
     dropped = sorted(k for k in _paths(tree) if k not in used)
     sd = {k: _cast(sd[k], dtype) for k in _progress(list(sd), total, "converting", progress)}

@@ -169,17 +169,25 @@ def hf_to_nnx(sd: dict[str, np.ndarray], cfg: ModelConfig, task: str, source: st
     return tree, report
 
 
-def nnx_to_hf(tree: dict, cfg: ModelConfig, task: str) -> dict[str, np.ndarray]:
-    """Nested NNX pure dict -> HF state dict (numpy; the tied decoder weight is not written)."""
+def nnx_to_hf(tree: dict, cfg: ModelConfig, task: str, source: str = "parameters") -> dict[str, np.ndarray]:
+    """Nested NNX pure dict -> HF state dict (numpy; the tied decoder weight is not written).
+
+    Every array must have the shape the config gives it (`expected_shape`); `source` names the tree
+    in the error otherwise.
+    """
     out = {}
     for e in key_map(cfg, task):
         node = tree
+        name = ".".join(map(str, e.path))
         try:
             for p in e.path:
                 node = node[p]
         except (KeyError, IndexError, TypeError):
-            raise WeightsError(f"parameter {'.'.join(map(str, e.path))} (HF `{e.hf}`) is missing") from None
+            raise WeightsError(f"{source}: parameter {name} (HF `{e.hf}`) is missing") from None
         x = np.asarray(node)
+        if x.shape != (want := expected_shape(e, cfg)):
+            raise WeightsError(f"{source}: parameter {name} has shape {list(x.shape)}, but the config expects "
+                               f"{list(want)} ({_shape_keys(e, cfg)}); the config and the parameters disagree")
         out[e.hf] = np.ascontiguousarray(x.T) if e.transpose else x
     return out
 
@@ -191,6 +199,14 @@ def expected_shape(e: Entry, cfg: ModelConfig) -> tuple[int, ...]:
     if e.hf.endswith("mlp.Wo.weight"):
         return (F, H)
     return tuple(dims[a] for a in e.axes)
+
+
+def _shape_keys(e: Entry, cfg: ModelConfig) -> str:
+    """The config keys behind an entry's expected shape, with their values."""
+    keys = {"vocab": "vocab_size", "embed": "hidden_size", "norm": "hidden_size", "qkv": "hidden_size",
+            "heads": "hidden_size", "mlp": "intermediate_size", "labels": "num_labels"}
+    names = ["intermediate_size", "hidden_size"] if e.hf.endswith("mlp.Wo.weight") else [keys[a] for a in e.axes]
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k in dict.fromkeys(names))
 
 
 def model_tree(model: nnx.Module) -> dict:
@@ -269,11 +285,20 @@ def torch_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: refused to unpickle: it needs objects outside the safe allow-list "
-                           f"({first}); nothing in it was executed") from None
+        raise WeightsError(f"{path}: {refusal(str(e))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({e}); truncated or corrupt?") from None
+
+
+def refusal(torch_message: str) -> str:
+    """Why a `weights_only` load was refused: the globals the pickle asked for (not torch's advice to turn
+    the check off)."""
+    import re
+
+    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", torch_message)))
+    what = f"it asks for {', '.join(found)}" if found else "it asks for objects"
+    return (f"refused to unpickle: {what}, outside the safe allow-list (tensors and plain containers); "
+            "nothing in it was executed")
 
 
 def _is_tensor(x) -> bool:

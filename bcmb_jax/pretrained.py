@@ -163,7 +163,7 @@ def from_pretrained(path: str | Path, task: str | None = None, dtype: Any = jnp.
     if where.params is not None:
         tree, source = restore_tree(where.params), str(where.params)
         sd = P.nnx_to_hf(tree, cfg.replace(num_labels=_saved_labels(tree, cfg)),
-                         raw.get("bcmb_jax", {}).get("task", task))
+                         raw.get("bcmb_jax", {}).get("task", task), source=f"{where.params} (config {where.config})")
     else:
         sd, source = P.read_hf_weights(where.root), str(where.root)
     model = build(cfg, task, seed=seed, dtype=dtype, remat=remat)
