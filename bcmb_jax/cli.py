@@ -19,9 +19,12 @@
 from __future__ import annotations
 
 import functools
+import gc
 import io
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -162,6 +165,28 @@ def report(exc: BaseException, debug: bool = False, file=None) -> int | None:
     return INPUT_STATUS
 
 
+_interrupted = threading.Event()
+
+
+def _in_callback(frame) -> bool:
+    """Whether `frame` runs inside a gc callback or a finalizer, where a raised exception is only printed."""
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes or frame.f_code.co_name in ("__del__", "_xla_gc_callback"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: KeyboardInterrupt, so writers clean up on the way out; re-sent shortly if it lands in a callback."""
+    _interrupted.set()
+    if _in_callback(frame):
+        threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
+        return
+    raise KeyboardInterrupt
+
+
 def _quiet_closed_loop(hook=sys.unraisablehook):
     """An unraisable-exception hook that drops orbax's 'Event loop is closed' callbacks after a failed restore."""
     def quiet(u):
@@ -185,6 +210,10 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
             status = report(e, debug)
             if status is None:
                 raise
+        if _interrupted.is_set() and status != INTERRUPT_STATUS:  # Ctrl-C came too late to stop the work
+            print("error: interrupted (SIGINT / Ctrl-C) as the command finished; its output is complete",
+                  file=sys.stderr, flush=True)
+            return INTERRUPT_STATUS
         return 0 if status is None else int(status)
 
     return wrapped
@@ -193,6 +222,7 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
 def run(main: Callable[..., int]) -> None:
     """The `if __name__ == "__main__":` line of a command: runs the decorated `main` and exits with its status."""
     sys.unraisablehook = _quiet_closed_loop()
+    signal.signal(signal.SIGINT, _on_sigint)
     status = main()
     sys.stdout.flush()
     sys.stderr.flush()

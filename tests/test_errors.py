@@ -277,7 +277,7 @@ def test_a_bug_keeps_its_traceback():
     assert cli.describe(ZeroDivisionError()) is None
 
 
-def test_ctrl_c_during_a_conversion(fx, tmp_path):
+def test_ctrl_c_during_a_conversion(tmp_path):
     """SIGINT mid-conversion: one line, exit 130, no temporary sibling left, the old output untouched."""
     import numpy as np
     from safetensors.numpy import save_file
