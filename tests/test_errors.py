@@ -247,6 +247,7 @@ def test_bad_input(case: Case, fx, tmp_path):
     out = run_command(case.cmd, args)
     assert out.returncode == case.status, out.stderr[-3000:]
     line = error_line(out.stderr)
+    print(f"{case.id} | {out.returncode} | {line}")  # the table of cases and their lines (pytest -s)
     for part in case.expect:
         assert part.format(d=tmp_path, fx=fx.root) in line, line
     after = digests(tmp_path, fx.root)
