@@ -53,23 +53,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from bcmb_jax import optim, params, preflight, pretrained, sharding, trainer
 
-    # 0. Every check that needs no work, before anything is built or written.
-    mcfg = trainer.model_config(cfg)
-    preflight.check_run(cfg, mcfg)
-
+    # 0. Every check that needs no work (positions, vocabulary, sources, a resume's settings), before any write.
+    preflight.check_run(cfg, trainer.model_config(cfg))
     sharding.init_distributed(cfg.distributed)
     main_process = jax.process_index() == 0
-    # The data (this process's rows of every global batch) before any write: an unusable corpus stops here.
-    it = trainer.make_batches(cfg, jax.process_index(), jax.process_count())
-    cap = trainer.masked_cap(cfg.data.seq_len, cfg.data.mlm_probability, cfg.masked_cap_sigmas)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(cfg.mesh)
     if cfg.micro_batch % mesh.size:
         raise ConfigError(f"micro_batch ({cfg.micro_batch}) must be a multiple of the device count ({mesh.size})")
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
     # 1. The model, as a graph definition plus a sharded parameter tree.
+    mcfg = trainer.model_config(cfg)
     model = trainer.init_model(cfg, mcfg)
     graphdef, host_params, rest = trainer.split_model(model)
     axes = {tuple(str(p) for p in path): a for path, a in params.logical_axes(mcfg, "mlm").items()}
@@ -98,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     state = jax.jit(lambda p: trainer.init_state(p, tx, moments), out_shardings=state_sh)(state_params)
     state = trainer.restore_init_optimizer(cfg, state)
     del host_params, state_params, model
+
+    # 3. The data: this process's rows of every global batch.
+    it = trainer.make_batches(cfg, jax.process_index(), jax.process_count())
+    cap = trainer.masked_cap(cfg.data.seq_len, cfg.data.mlm_probability, cfg.masked_cap_sigmas)
 
     # 4. Resume from the latest checkpoint of this run, if any.
     ckpt = trainer.Checkpoints(run_dir, cfg.keep_checkpoints)

@@ -22,6 +22,7 @@ import functools
 import gc
 import io
 import os
+import re
 import signal
 import sys
 import threading
@@ -110,6 +111,15 @@ def _decode_message(exc: UnicodeDecodeError) -> str:
             "expected UTF-8 (re-encode the file)")
 
 
+def refusal(torch_message: str) -> str:
+    """Why a `weights_only` load was refused: the globals the pickle asked for, not torch's advice to turn
+    the check off."""
+    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", torch_message)))
+    what = f"it asks for {', '.join(found)}" if found else "it asks for objects"
+    return (f"refused to unpickle: {what}, outside the safe allow-list (tensors and plain containers); "
+            "nothing in it was executed")
+
+
 def describe(exc: BaseException) -> str | None:
     """The one-line message for a bad-input exception, or None when `exc` is a bug."""
     names = _qualnames(exc)
@@ -133,8 +143,6 @@ def describe(exc: BaseException) -> str | None:
         other = f" -> {exc.filename2}" if exc.filename2 else ""
         return f"{exc.filename}{other}: {what}"
     if "pickle.UnpicklingError" in names or "_pickle.UnpicklingError" in names:
-        from bcmb_jax.params import refusal
-
         return _where(exc, refusal(str(exc)))
     if names & _LIBRARY_INPUT:
         return _where(exc, _one_line(exc) or type(exc).__name__)
@@ -231,4 +239,4 @@ def run(main: Callable[..., int]) -> None:
     sys.exit(status)
 
 
-__all__ = ["command", "run", "describe", "report", "culprit", "debug_requested", "DEBUG_ENV"]
+__all__ = ["command", "run", "describe", "report", "culprit", "refusal", "debug_requested", "DEBUG_ENV"]

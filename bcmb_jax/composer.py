@@ -154,7 +154,9 @@ def safe_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except wou.UnpicklingError as e:
-        raise P.WeightsError(f"{path}: {P.refusal(str(e))}") from None
+        from bcmb_jax.cli import refusal
+
+        raise P.WeightsError(f"{path}: {refusal(str(e))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         msg = " ".join(str(e).split())[:300]
         raise P.WeightsError(f"{path}: cannot read PyTorch checkpoint ({msg}); truncated or corrupt?") from None

@@ -285,20 +285,11 @@ def torch_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
+        from bcmb_jax.cli import refusal
+
         raise WeightsError(f"{path}: {refusal(str(e))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({e}); truncated or corrupt?") from None
-
-
-def refusal(torch_message: str) -> str:
-    """Why a `weights_only` load was refused: the globals the pickle asked for (not torch's advice to turn
-    the check off)."""
-    import re
-
-    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", torch_message)))
-    what = f"it asks for {', '.join(found)}" if found else "it asks for objects"
-    return (f"refused to unpickle: {what}, outside the safe allow-list (tensors and plain containers); "
-            "nothing in it was executed")
 
 
 def _is_tensor(x) -> bool:
