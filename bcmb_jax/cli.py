@@ -38,7 +38,7 @@ INPUT_STATUS, INTERRUPT_STATUS = 2, 130
 # Library exception types (module-qualified names, matched over the MRO) that mean bad input.
 _LIBRARY_INPUT = {
     "yaml.error.YAMLError", "json.decoder.JSONDecodeError", "builtins.UnicodeError", "builtins.OSError",
-    "safetensors_rust.SafetensorError", "safetensors.SafetensorError", "_pickle.UnpicklingError",
+    "safetensors._safetensors_rust.SafetensorError", "safetensors.SafetensorError", "_pickle.UnpicklingError",
     "pickle.UnpicklingError", "zipfile.BadZipFile", "builtins.EOFError",
 }
 # Libraries whose errors, while they read a checkpoint, mean a damaged or mismatched checkpoint.
