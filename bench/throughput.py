@@ -44,6 +44,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bcmb_jax import cli  # noqa: E402 - the checkout's package, via the line above
+from bcmb_jax.config import ConfigError  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -450,7 +453,7 @@ def prepare_model(args, tmp: Path) -> tuple[Path, dict[str, Any]]:
     if args.model:
         d = Path(args.model)
         if not (d / "config.json").is_file():
-            sys.exit(f"--model {d}: expected a Hugging Face model directory with a config.json")
+            raise ConfigError(f"--model {d}: expected a Hugging Face model directory with a config.json")
         raw = json.loads((d / "config.json").read_text())
     else:
         import torch
@@ -587,7 +590,15 @@ def plots(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+
+@cli.command
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a Hugging Face model directory (any encoder for the torch backends; "
                                     "ModernBERT for jax); default: random weights of --size")
@@ -628,12 +639,11 @@ def main(argv=None) -> None:
     kinds = [k for k in args.sets.split(",") if k]
     if any(k not in ("fixed", "variable") for k in kinds):
         ap.error(f"--sets takes fixed and/or variable, got {args.sets!r}")
-    lengths = [int(x) for x in args.lengths.split(",") if x]
-    samples = [int(x) for x in args.samples.split(",") if x]
+    lengths, samples = _ints("--lengths", args.lengths), _ints("--samples", args.samples)
     if len(samples) not in (1, len(lengths)):
         ap.error(f"--samples takes one number or one per length ({len(lengths)}), got {args.samples!r}")
     samples_of = dict(zip(lengths, samples * len(lengths) if len(samples) == 1 else samples))
-    train_lengths = [int(x) for x in args.train_lengths.split(",") if x]
+    train_lengths = _ints("--train-lengths", args.train_lengths)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bcmb-bench-") as tmp_s:
@@ -660,7 +670,7 @@ def main(argv=None) -> None:
                 jobs += [{**base, "kind": "train", "backend": b, "set": name, "length": L,
                           "batch_rows": max(1, args.train_batch_tokens // L), "repeats": args.train_steps,
                           "warmup": max(1, args.train_warmup), "remat": args.remat} for b in train_backends]
-        for L in [int(x) for x in args.memory_lengths.split(",") if x]:
+        for L in _ints("--memory-lengths", args.memory_lengths):
             if L <= cfg["max_len"]:
                 jobs += [{**base, "kind": "fwdbwd", "backend": b, "set": f"fwdbwd_{L}_remat", "length": L,
                           "batch_rows": 1, "repeats": 1, "warmup": 1, "remat": True} for b in train_backends]
@@ -690,7 +700,8 @@ def main(argv=None) -> None:
         plots(results, out)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
     print(markdown(results, meta))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
