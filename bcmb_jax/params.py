@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from bcmb_jax.config import ModelConfig
+from bcmb_jax.heads import get as get_head
 
 Cond = Callable[[ModelConfig, int], bool]
 ALWAYS: Cond = lambda cfg, i: True  # noqa: E731
@@ -63,8 +64,6 @@ KEY_MAP: tuple[tuple[str, str, str, tuple[str | None, ...], Cond], ...] = (
     ("classifier.weight", "classifier.kernel", "linear", ("embed", "labels"), ALWAYS),
     ("classifier.bias", "classifier.bias", "copy", ("labels",), ALWAYS),
 )
-HEAD_ROWS = {"base": (), "mlm": ("head.", "decoder."), "sequence": ("head.", "classifier."),
-             "token": ("head.", "classifier.")}
 TIED_DECODER = "decoder.weight"
 
 
@@ -82,7 +81,7 @@ class Entry:
 
 def key_map(cfg: ModelConfig, task: str) -> list[Entry]:
     """The rows of `KEY_MAP` that exist for this config and task, with layer numbers filled in."""
-    heads = HEAD_ROWS[task]
+    heads = get_head(task).prefixes
     out = []
     for hf, path, kind, axes, cond in KEY_MAP:
         if not hf.startswith("model.") and not hf.startswith(heads):

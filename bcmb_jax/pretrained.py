@@ -33,11 +33,11 @@ import numpy as np
 
 from bcmb_jax import params as P
 from bcmb_jax.config import ConfigError, ModelConfig
-from bcmb_jax.model import ARCHITECTURES, TASKS, build
+from bcmb_jax.heads import BY_ARCHITECTURE, HEADS
+from bcmb_jax.model import build
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json")
-HF_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
 
 
 def is_jax_dir(path: str | Path) -> bool:
@@ -132,14 +132,14 @@ def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
 
 def infer_task(raw: dict[str, Any], task: str | None) -> str:
     if task is not None:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+        if task not in HEADS:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(HEADS)}")
         return task
     if "bcmb_jax" in raw:
         return raw["bcmb_jax"]["task"]
     for arch in raw.get("architectures") or []:
-        if arch in ARCHITECTURES:
-            return ARCHITECTURES[arch]
+        if arch in BY_ARCHITECTURE:
+            return BY_ARCHITECTURE[arch].name
     return "mlm"
 
 
@@ -248,7 +248,7 @@ def write_jax_dir(out: Path, tree: dict, cfg: ModelConfig, task: str, dtype: str
     out.mkdir(parents=True)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save((out / "params").absolute(), _str_keys(tree))
-    config = cfg.to_hf_dict(HF_ARCHITECTURE[task])
+    config = cfg.to_hf_dict(HEADS[task].hf_architecture)
     config["bcmb_jax"] = {"task": task, "dtype": dtype, **(extra_config or {})}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name, src in (extra_files or {}).items():

@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcmb_jax import brat, metrics
+from bcmb_jax import brat, metrics, paper
+from bcmb_jax.task_data import TaskDataError, hf_three_way
 from bcmb_jax.tasks import (
     CHEMPROT_LABELS,
     PHENOTYPE_LABELS,
-    TaskDataError,
     blue_ascii,
     build_task,
     chemprot_from_original,
-    default_lr,
-    hf_three_way,
     sentence_spans,
 )
 
@@ -539,11 +537,10 @@ def test_registry_and_learning_rates(tmp_path):
         build_task("mednli", tmp_path)
     with pytest.raises(TaskDataError, match="does not exist"):
         build_task("cos", tmp_path / "missing")
-    assert default_lr("ChemProt", "base") == 2e-5  # Table 5 unverified -> main.py default
-    with pytest.raises(KeyError, match="no verified Table 5"):
-        default_lr("deid", "large", strict=True)
-    with pytest.raises(ValueError, match="'base' or 'large'"):
-        default_lr("deid", "huge")
+    assert paper.default_lr("chemprot", "base") == (5e-5, "paper Table 5 (chemprot, base)")
+    assert paper.default_lr("social_history", "large")[0] == 2e-4
+    assert paper.default_lr("cos", None)[1].startswith("fallback 2e-05")
+    assert paper.default_lr("csv", "base")[1].startswith("fallback 2e-05 (no Table 5 entry")
 
 
 # ---------------------------------------------------------------------------------------------- metrics
