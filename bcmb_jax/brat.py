@@ -205,11 +205,13 @@ def _social_history_doc(txt: Path) -> dict:
     spans = sorted((s for s in every if not s.discontinuous), key=lambda s: s.start)
     toks = list(re.finditer(r"\S+", text))
     tags = bio_by_containment([m.span() for m in toks], [(s.start, s.end, s.type) for s in spans])
-    return {
-        "id": txt.stem,
-        "tokens": [m.group() for m in toks],
-        "tags": encode_labels(tags, SOCIAL_HISTORY_LABELS, ann),
-    }
+    for tag in tags:
+        if tag not in SOCIAL_HISTORY_LABELS:
+            line = next((s.line for s in spans if s.type == tag[2:]), None)
+            raise err(ann, line, f"label {tag!r} is not in the task's label list (the tags of this {tag[2:]} "
+                                 f"span must be among the paper's Social History tags {SOCIAL_HISTORY_LABELS})")
+    tag_ids = encode_labels(tags, SOCIAL_HISTORY_LABELS, ann)
+    return {"id": txt.stem, "tokens": [m.group() for m in toks], "tags": tag_ids}
 
 
 def build_social_history(data_dir: str | Path, split: str = "random") -> TaskData:

@@ -52,7 +52,9 @@ def err(path: Path | str, line: int | None, msg: str) -> TaskDataError:
 
 def _bad_utf8(path: Path, data: bytes, e: UnicodeDecodeError) -> TaskDataError:
     line = data.count(b"\n", 0, e.start) + 1
-    return err(path, line, f"byte 0x{data[e.start]:02x} is not valid UTF-8 (expected a UTF-8 text file)")
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return err(path, line, f"byte 0x{data[e.start]:02x} at column {column} is not valid UTF-8 "
+                           "(expected a UTF-8 text file)")
 
 
 def read_text(path: Path) -> str:
