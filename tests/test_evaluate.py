@@ -333,6 +333,8 @@ def test_end_to_end_jax_and_torch_agree(task, data, seeds, epochs, tiny, tmp_pat
         obj = out[backend] = json.loads(path.read_text())
         assert obj["task"] == task and obj["backend"] == backend and sorted(obj["seeds"]) == seeds.split(",")
         assert obj["config"]["lr"] == 1e-3 and obj["config"]["max_length"] == 512
+        assert obj["sources"]["lr"] == obj["sources"]["batch_size"] == "user" and obj["config"]["weight_decay"] == 1e-5
+        assert obj["sources"]["weight_decay"] == "paper" and obj["sources"]["seeds"] == "user"
         main = obj["main_metric"]
         for res in obj["seeds"].values():
             assert len(res["epochs"]) == epochs and all(len(e["losses"]) == 5 for e in res["epochs"])
@@ -403,3 +405,17 @@ def test_bad_input_gives_one_line_errors(tiny, tmp_path, capsys):
     assert "--seeds" in error("--task", "csv", "--data", tiny["csv"], "--seeds", "1,x")
     assert "--data" in error("--task", "csv")
     assert not (tmp_path / "res").exists()  # nothing half-written
+
+
+def test_stats_prints_table6_counted_the_papers_way(tiny, capsys):
+    assert run_cli("stats", "--task", "conll", "--data", tiny["conll"], "--tokenizer", tiny["tok"], "--json") == 0
+    out = capsys.readouterr().out.splitlines()
+    row = json.loads(out[-1])["conll"]
+    assert row["classes"] == 5 and list(row["examples"].values()) == list(SPLITS.values())
+    assert "conll (paper)" not in "\n".join(out)
+    enc = encoding.load_encoder(tiny["tok"], prefix_space=False)
+    train = [[w for w in block.split("\n") if w] for block in (tiny["conll"] / "train.txt").read_text().split("\n\n")]
+    want = np.mean([2 + sum(len(enc.tokenizer.encode(line.split("\t")[0], add_special_tokens=False).ids)
+                            for line in sent) for sent in train if sent])
+    assert abs(row["avg_tokens"]["train"] - want) < 1e-9
+    assert out[2].startswith(f"| conll (ours) | 5 | {SPLITS['train']} | {SPLITS['dev']} | {SPLITS['test']} |")
