@@ -19,11 +19,6 @@ class Head:
     pipeline_tag: str  # model card pipeline_tag
     prefixes: tuple[str, ...]  # HF names of the head's parameters start with one of these
 
-    def module_class(self) -> type:
-        from bcmb_jax import model
-
-        return getattr(model, self.module)
-
 
 HEADS: dict[str, Head] = {h.name: h for h in (
     Head("base", "ModernBertModel", "ModernBertModel", "AutoModel", "feature-extraction", ()),

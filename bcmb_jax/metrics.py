@@ -9,7 +9,7 @@ turns a model's per-example logits into these metrics, the loss and one predicti
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from seqeval.metrics import accuracy_score as seq_accuracy
@@ -17,9 +17,6 @@ from seqeval.metrics import f1_score as seq_f1
 from seqeval.metrics import precision_score as seq_precision
 from seqeval.metrics import recall_score as seq_recall
 from sklearn.metrics import accuracy_score, f1_score
-
-if TYPE_CHECKING:
-    from bcmb_jax.encoding import EncodedTask, Example
 
 IGNORE = -100  # label of tokens that carry no NER label (HF ignore_index)
 MAIN_METRIC = {"ner": "f1", "classification": "weighted_f1", "multilabel": "weighted_f1"}
@@ -102,9 +99,9 @@ def _cross_entropy(logits_NC: np.ndarray, y_N: np.ndarray) -> np.ndarray:
     return np.log(np.exp(z).sum(-1)) - z[np.arange(len(y_N)), y_N]
 
 
-def score(data: EncodedTask, examples: list[Example], outputs: list[np.ndarray]) -> tuple[dict, list[dict]]:
-    """(metrics incl. the loss, one prediction record per example) from per-example logits
-    ([C] for sequence tasks, [n, C] for NER)."""
+def score(data: Any, examples: Sequence[Any], outputs: list[np.ndarray]) -> tuple[dict, list[dict]]:
+    """(metrics incl. the loss, one prediction record per example) of an `encoding.EncodedTask`'s examples from
+    their logits ([C] for sequence tasks, [n, C] for NER)."""
     names = data.labels
     if data.kind == "ner":
         gold = [[names[t] for t in e.tags] for e in examples]

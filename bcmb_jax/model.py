@@ -471,4 +471,4 @@ class ModernBertForSequenceClassification(_Classifier):
 def build(cfg: ModelConfig, task: str = "mlm", *, seed: int = 0, dtype: Any = jnp.float32,
           remat: bool = False) -> _Task:
     """A randomly initialised model for `task` ("base" | "mlm" | "sequence" | "token")."""
-    return heads.get(task).module_class()(cfg, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), remat=remat)
+    return globals()[heads.get(task).module](cfg, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), remat=remat)

@@ -2,7 +2,7 @@
 
 `build_task(name, data_dir, **options)` returns a `TaskData` (`bcmb_jax.task_data`). Splits, label orders
 and tokenization follow the paper's dataloader (arXiv 2506.10896, see modernbert-facts.md §9).
-The NER corpora (brat, DEID, CoNLL) live in `bcmb_jax.brat`.
+The NER corpora live in `bcmb_jax.brat` (COS, Social History, CoNLL) and `bcmb_jax.deid`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from bcmb_jax import brat
+from bcmb_jax import brat, deid
 from bcmb_jax.task_data import (
     SPLIT_STEMS,
     TaskData,
@@ -423,7 +423,7 @@ BUILDERS: dict[str, Callable[..., TaskData]] = {
     "phenotype": build_phenotype,
     "cos": brat.build_cos,
     "social_history": brat.build_social_history,
-    "deid": brat.build_deid,
+    "deid": deid.build_deid,
     "conll": brat.build_conll,
     "csv": build_csv,
     "jsonl": build_jsonl,

@@ -12,7 +12,7 @@ def test_registry_matches_model_classes_key_map_and_transformers():
     cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
                       max_position_embeddings=64, num_labels=3)
     for name, head in heads.HEADS.items():
-        cls = head.module_class()
+        cls = getattr(model, head.module)
         assert cls.task == name and cls.__name__ == head.module
         assert hasattr(transformers, head.hf_architecture) and hasattr(transformers, head.auto_class)
         # the head rows of the key map are exactly the rows outside the backbone
