@@ -22,10 +22,14 @@ seeds 42-46 with the median reported, the best validation epoch (seqeval entity 
 otherwise) scored on test; the learning rate of the paper's Table 5 for the task and model size (base =
 hidden 768, large = hidden 1024; any other size: 2e-5, printed). Every seed changes both the data order
 and the classifier init. Each result file records every hyper-parameter used and where it came from.
+Tokens per example: max_length_rule=model (default) takes the model's context, capped by the tokenizer's
+model_max_length when below 10,000; max_length_rule=paper is the authors' code (model_max_length when below
+10,000, else 512). Both give 8,192 with the released tokenizers; for a tokenizer without a limit the model
+rule keeps the context the model was trained for rather than cutting long notes to 512.
 
 stats: classes, examples per split and average tokens per example counted as the paper's Table 6 (each
 word tokenized on its own without a prefix space, plus [CLS] and [SEP]), beside the paper's numbers.
---tokenizer defaults to ../shared/data/modernbert_tokenizer when present, else --model's.
+--tokenizer defaults to ../shared/data/modernbert_tokenizer (the tokenizer of the paper's counts).
 
 Output, under --results-dir (default results/):
     <name>/<backend>/<task>.json                              per-seed test/val metrics, epochs, summaries

@@ -39,7 +39,7 @@ def _config(tmp: Path) -> Path:
 
 def _run(config: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--config", str(config)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)
 
 
 def test_tiny_chain_end_to_end_and_resume(tmp_path):
