@@ -171,12 +171,7 @@ def demo_tokenizer(out: Path) -> tuple[Path, Path]:
     """(corpus, tokenizer dir) of the embedded demo corpus under OUT/data, built once."""
     from bcmb_jax import demo_data
 
-    corpus, tok = out / "data" / "clinical_notes.jsonl", out / "data" / "tokenizer"
-    if not corpus.is_file():
-        demo_data.write_corpus(corpus, n_docs=3000, seed=0)
-    if not (tok / "tokenizer.json").is_file():
-        demo_data.build_tokenizer([corpus], tok, vocab_size=4096)
-    return corpus, tok
+    return demo_data.ensure(out / "data")
 
 
 def random_hf_model(tokenizer_dir: Path, keys: dict[str, Any], out: Path) -> None:

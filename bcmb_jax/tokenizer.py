@@ -79,18 +79,21 @@ def model_max_length(tok_dir: Path) -> int | None:
     return int(n) if isinstance(n, int | float) and n < NO_LIMIT else None
 
 
-def set_prefix_space(node: Any) -> bool:
-    """Sets add_prefix_space on every ByteLevel pre-tokenizer in a JSON tree; True if one was found."""
+def set_prefix_space(node: Any, on: bool = True) -> bool:
+    """Sets add_prefix_space on every ByteLevel pre-tokenizer in a JSON tree (and, when `on` is False,
+    turns off a Metaspace that prepends a space to the text); True if a ByteLevel was found."""
     found = False
     if isinstance(node, dict):
         if node.get("type") == "ByteLevel":
-            node["add_prefix_space"] = True
+            node["add_prefix_space"] = on
             found = True
+        elif node.get("type") == "Metaspace" and node.get("replacement") == " " and not on:
+            node["prepend_scheme"] = "never"
         for v in node.values():
-            found |= set_prefix_space(v)
+            found |= set_prefix_space(v, on)
     elif isinstance(node, list):
         for v in node:
-            found |= set_prefix_space(v)
+            found |= set_prefix_space(v, on)
     return found
 
 
@@ -98,17 +101,21 @@ def _from_spec(spec: dict, prefix_space: bool):
     from tokenizers import Tokenizer
 
     byte_level = '"ByteLevel"' in json.dumps(spec.get("pre_tokenizer"))
-    if prefix_space and byte_level:
-        set_prefix_space(spec["pre_tokenizer"])
+    if byte_level:
+        set_prefix_space(spec["pre_tokenizer"], prefix_space)
     text = json.dumps(spec, sort_keys=True)
     return Tokenizer.from_str(text), byte_level, hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_tokenizer(path: str | Path, prefix_space: bool = True, *, mask_token_id: int | None = None,
                    pad_token_id: int | None = None) -> TokenizerInfo:
-    """Loads `path`/tokenizer.json (or the file itself) with ModernBERT-style special tokens."""
+    """Loads `path`/tokenizer.json (or the file itself) with ModernBERT-style special tokens. With
+    `prefix_space`, ByteLevel pre-tokenizers get add_prefix_space=True; without it, no leading space is added."""
     if not str(path):
         raise DataError("data.tokenizer is not set (expected a directory holding tokenizer.json)")
+    from bcmb_jax import demo_data
+
+    demo_data.ensure_default(path)  # configs/demo.yaml's runs/demo_data is written on first use
     path = Path(path).expanduser()
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
