@@ -62,8 +62,8 @@ def test_tiny_chain_end_to_end_and_resume(tmp_path):
                  "Table 3", "(user)"):
         assert text in report, text
     assert (out / "report" / "loss_curves.png").stat().st_size > 1000
-    assert set(summary["timings"]) == {"convert", "phase1", "phase2", "export", "finetune", "table2", "throughput",
-                                       "report"}
+    # the summary is written by the report stage, before its own time is known
+    assert set(summary["timings"]) == {"convert", "phase1", "phase2", "export", "finetune", "table2", "throughput"}
     # A rerun finds every stage complete (the report is rewritten).
     second = _run(config)
     assert second.returncode == 0, second.stderr[-3000:]
