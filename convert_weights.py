@@ -40,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True, metavar="{to-jax,to-hf}")
-    tasks = ["mlm", "sequence", "token", "base"]
+    from bcmb_jax.heads import HEADS
+
+    tasks = sorted(HEADS)
 
     j = sub.add_parser("to-jax", help="HF directory / hub id / Composer .pt -> JAX checkpoint directory",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

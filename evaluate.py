@@ -3,6 +3,7 @@
     python evaluate.py --model runs/demo --task chemprot --data ../shared/data/chemprot
     python evaluate.py --model runs/demo/hf --task deid --data DIR --backend torch labels=gold
     python evaluate.py --model DIR --task csv --data DIR text_field=sentence max_train=2000 --seeds 42,43
+    python evaluate.py stats --task cos --data ../shared/data/cos     # Table 6 beside the paper's
 
 --model: a JAX checkpoint directory (convert_weights.py to-jax, a train run or one of its steps) or an HF
 model directory. The JAX backend runs ModernBERT in JAX on packed rows; the torch backend runs
@@ -15,15 +16,25 @@ classification). Task options are key=value too (deid: labels=silver|gold; csv/j
 label_field=, label_sep=; conll: scheme=; chemprot: source=, text=; social_history: split=). Values are
 read as YAML (numbers, lists, null); unquoted text stays as typed, e.g. label_sep='|'.
 
-Protocol (the paper's HF Trainer set-up): AdamW (0.9, 0.999, 1e-8), weight decay 0.01 (not on LayerNorm
-weights and biases), linear decay without warmup, gradient clipping 1.0, batch 16, 10 epochs, the best
-validation epoch (seqeval entity F1 for NER, weighted F1 otherwise) scored on test. Every seed changes
-both the data order and the classifier init.
+Protocol (the paper's HF Trainer set-up and Appendix B): AdamW (0.9, 0.999, 1e-8), weight decay 1e-5 (not
+on LayerNorm weights and biases), linear decay without warmup, gradient clipping 1.0, batch 16, 10 epochs,
+seeds 42-46 with the median reported, the best validation epoch (seqeval entity F1 for NER, weighted F1
+otherwise) scored on test; the learning rate of the paper's Table 5 for the task and model size (base =
+hidden 768, large = hidden 1024; any other size: 2e-5, printed). Every seed changes both the data order
+and the classifier init. Each result file records every hyper-parameter used and where it came from.
+Tokens per example: max_length_rule=model (default) takes the model's context, capped by the tokenizer's
+model_max_length when below 10,000; max_length_rule=paper is the authors' code (model_max_length when below
+10,000, else 512). Both give 8,192 with the released tokenizers; for a tokenizer without a limit the model
+rule keeps the context the model was trained for rather than cutting long notes to 512.
+
+stats: classes, examples per split and average tokens per example counted as the paper's Table 6 (each
+word tokenized on its own without a prefix space, plus [CLS] and [SEP]), beside the paper's numbers.
+--tokenizer defaults to ../shared/data/modernbert_tokenizer (the tokenizer of the paper's counts).
 
 Output, under --results-dir (default results/):
     <name>/<backend>/<task>.json                              per-seed test/val metrics, epochs, summaries
     <name>/<backend>/<task>/seed<N>/test_predictions.jsonl    one line per test example
-    table.md                                                  every result in the directory, as Table 2
+    table.md                                    every result in the directory, beside the paper's Table 2
 <name> is the model directory's name (or name=...). Files are replaced atomically; the JSON is rewritten
 after every seed, so an interrupted run keeps the seeds it finished.
 """
@@ -31,14 +42,18 @@ after every seed, so an interrupted run keeps the seeds it finished.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bcmb_jax import cli
 from bcmb_jax.config import ConfigError, from_dict, help_text, parse_overrides
-from bcmb_jax.finetune import BACKENDS, MAIN_METRIC, FinetuneConfig, FinetuneError
+from bcmb_jax.finetune import BACKENDS, FinetuneConfig, FinetuneError
+from bcmb_jax.metrics import MAIN_METRIC
 
 log = logging.getLogger("evaluate")
 
@@ -58,9 +73,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, FinetuneConf
                                                   "csv | jsonl")
     ap.add_argument("--data", required=True, help="the task's data directory")
     ap.add_argument("--backend", choices=BACKENDS, default="jax", help="jax (default) or torch")
-    ap.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated seeds (default 42,43,44,45,46)")
+    ap.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated seeds (default: the paper's 42-46)")
     ap.add_argument("--epochs", type=int, help="training epochs (default 10)")
-    ap.add_argument("--lr", type=float, help="peak learning rate (default: the task's, else 2e-5)")
+    ap.add_argument("--lr", type=float, help="peak learning rate (default: the paper's Table 5, else 2e-5)")
     ap.add_argument("--results-dir", default="results", help="where results go (default results/)")
     ap.add_argument("overrides", nargs="*", help="key=value: protocol keys below, or task options")
     args = ap.parse_intermixed_args(argv)
@@ -75,6 +90,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, FinetuneConf
     options = {k: v for k, v in given.items() if k not in known}
     flags = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
     cfg = from_dict(FinetuneConfig, {**{k: v for k, v in given.items() if k in known}, **flags})
+    args.user_keys = sorted({k for k in given if k in known} | set(flags))
     return args, cfg, options
 
 
@@ -91,16 +107,20 @@ def build_task(name: str, data_dir: str, options: dict):
 
 
 def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
-    from bcmb_jax import finetune as F
+    from bcmb_jax import encoding, finetune, results
 
-    # 1. The task, the model's tokenizer and context, the examples.
+    # 1. The task, the model's tokenizer and context, the examples, the hyper-parameters.
     task = build_task(args.task, args.data, options)
-    info = F.model_info(args.model, cfg.tokenizer)
-    enc = F.load_encoder(info["tokenizer_dir"])
-    data = F.encode_task(task, enc, F.max_length_for(info, enc, cfg), cfg)
-    lr, size = F.learning_rate(task.name, info, cfg)
-    log.info("%s: %s examples (train/val/test), max_length %d, lr %g (%s)", task.name,
-             "/".join(str(len(data.split(s))) for s in ("train", "val", "test")), data.max_length, lr, size)
+    info = finetune.model_info(args.model, cfg.tokenizer)
+    enc = encoding.load_encoder(info["tokenizer_dir"])
+    hp = finetune.resolve(task.name, info, enc, cfg, set(args.user_keys))
+    data = encoding.encode_task(task, enc, hp["max_length"], cfg.limits())
+    lr = hp["lr"]
+    log.info("%s: %s examples (train/val/test), max_length %d (%s), lr %g (%s), weight decay %g (%s)", task.name,
+             "/".join(str(len(data.split(s))) for s in ("train", "val", "test")), data.max_length,
+             hp["sources"]["max_length"], lr, hp["sources"]["lr"], hp["weight_decay"], hp["sources"]["weight_decay"])
+    if hp["sources"]["lr"].startswith("fallback"):
+        print(f"note: learning rate {hp['sources']['lr']}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="bcmb-eval-") as work:
         # 2. The backend: JAX on the checkpoint, or torch on its HF export.
@@ -109,7 +129,9 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
             if not (info["is_jax"] or info["model_type"] == "modernbert"):
                 raise FinetuneError(f"{args.model}: a {info['model_type']} model; the JAX backend runs "
                                     "ModernBERT only (use --backend torch)")
-            backend = F.JaxBackend(args.model, data, cfg)
+            from bcmb_jax.finetune_jax import JaxBackend
+
+            backend = JaxBackend(args.model, data, cfg)
         else:
             from bcmb_jax import finetune_torch
 
@@ -118,12 +140,14 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
         load_seconds = time.perf_counter() - t0
 
         # 3. One fine-tuning run per seed; the results file is rewritten after each.
-        name = cfg.name or F.default_name(args.model)
-        out, pred_dir = F.result_paths(args.results_dir, name, args.backend, task.name)
+        name = cfg.name or results.default_name(args.model)
+        out, pred_dir = results.result_paths(args.results_dir, name, args.backend, task.name)
+        seed_source = "user" if args.seeds != [42, 43, 44, 45, 46] else "paper"
         header = {"task": task.name, "backend": args.backend, "model": str(Path(args.model).resolve()),
                   "name": name, "kind": task.kind, "main_metric": MAIN_METRIC[task.kind], "labels": task.labels,
-                  "config": {**F.config_dict(cfg), "lr": lr, "size": size, "max_length": data.max_length,
+                  "config": {**dataclasses.asdict(cfg), **{k: v for k, v in hp.items() if k != "sources"},
                              "seeds": args.seeds, "task_options": options, "data": str(Path(args.data).resolve())},
+                  "sources": {**hp["sources"], "seeds": seed_source},
                   "data_stats": data.stats, "load_seconds": load_seconds}
         per_seed: dict[str, dict] = {}
         for seed in args.seeds:
@@ -132,21 +156,59 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
                 log.info("seed %d epoch %d: train loss %.4f, val %s %.4f (%.1f s)", seed, row["epoch"],
                          row["train_loss"], main, row["val"][main], row["seconds"])
 
-            res = F.fit(backend, data, cfg, seed, lr, on_epoch=progress)
+            res = finetune.fit(backend, data, cfg, seed, lr, on_epoch=progress)
             records = res.pop("predictions")
             predictions = {str(seed): records} if cfg.save_predictions else {}
             per_seed[str(seed)] = res
-            obj = F.write_result(out, pred_dir, header, per_seed, predictions)
+            obj = results.write_result(out, pred_dir, header, per_seed, predictions)
             log.info("seed %d: best epoch %d, test %s %.4f (%.0f s)", seed, res["best_epoch"],
                      header["main_metric"], res["test"][header["main_metric"]], res["seconds"])
 
     # 4. The summary and the table over everything in the results directory.
     main = header["main_metric"]
-    table = F.write_table(args.results_dir)
+    table = results.write_table(args.results_dir)
     print(f"{task.name} ({args.backend}, {name}): test {main} median {obj['median'][main]:.4f} "
           f"(min {obj['min'][main]:.4f}, max {obj['max'][main]:.4f}) over seeds {args.seeds}")
     print(f"results: {out}\ntable: {table}")
     return 0
+
+
+def stats(argv: list[str]) -> int:
+    """`evaluate.py stats`: the task's Table 6 row (classes, examples, paper-counted tokens) beside the paper's."""
+    from bcmb_jax import encoding, results
+
+    ap = _Parser(prog="evaluate.py stats", description=stats.__doc__)
+    ap.add_argument("--task", required=True, help="a task name (see evaluate.py --help)")
+    ap.add_argument("--data", required=True, help="the task's data directory")
+    ap.add_argument("--tokenizer", help="tokenizer directory (default: ../shared/data/modernbert_tokenizer)")
+    ap.add_argument("--json", action="store_true", help="print the numbers as JSON too")
+    ap.add_argument("options", nargs="*", help="task options, key=value")
+    args = ap.parse_args(argv)
+    tok = args.tokenizer or DEFAULT_STATS_TOKENIZER
+    task = build_task(args.task, args.data, parse_overrides(args.options))
+    row = table6_row(task, encoding.load_encoder(tok, prefix_space=False))
+    print(results.table6({task.name: row}), end="")
+    if args.json:
+        print(json.dumps({task.name: row}))
+    return 0
+
+
+DEFAULT_STATS_TOKENIZER = str(Path(__file__).resolve().parent.parent / "shared" / "data" / "modernbert_tokenizer")
+
+
+def table6_row(task, enc) -> dict:
+    """{"classes", "examples": {split: n}, "avg_tokens": {split: x}} of a built task."""
+    from bcmb_jax.encoding import paper_token_counts
+
+    return {"classes": len(task.labels), "examples": task.counts(), "avg_tokens": paper_token_counts(task, enc)}
+
+
+def dispatch(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["stats"]:
+        return stats(argv[1:])
+    args, cfg, options = parse_args(argv)
+    return run(args, cfg, options)
 
 
 @cli.command
@@ -154,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("jax", "absl", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args, cfg, options = parse_args(argv)
-    return run(args, cfg, options)
+    return dispatch(argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-
 def _temp_name(out: Path, kind: str = "tmp") -> Path:
     return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
@@ -97,10 +96,11 @@ def atomic(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Writes a text file atomically (replacing it)."""
+def write_text(path: str | Path, data: str | bytes) -> Path:
+    """Writes a file atomically (replacing it): text as UTF-8, or bytes as they are."""
     with atomic(path, overwrite=True) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return Path(path)
 
 
 __all__ = ["atomic", "write_text", "remove_stale_temps"]

@@ -1,4 +1,4 @@
-"""NER tasks: brat standoff corpora (COS, Social History), PhysioNet DEID and generic CoNLL files.
+"""NER tasks: brat standoff corpora (COS, Social History) and generic CoNLL files (DEID: `bcmb_jax.deid`).
 
 Tokenization, BIO tagging, label orders and splits follow the paper's dataloader (modernbert-facts.md §9).
 """
@@ -10,16 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sklearn.model_selection import train_test_split
-
-from bcmb_jax.tasks import (
-    _SPLIT_STEMS,
+from bcmb_jax.task_data import (
+    SPLIT_STEMS,
     TaskData,
-    TaskDataError,
-    _err,
-    _find_split_file,
     encode_labels,
+    err,
+    find_split_file,
     hf_three_way,
+    read_lines,
+    read_text,
     take,
 )
 
@@ -82,23 +81,6 @@ SOCIAL_HISTORY_LABELS = [
     "I-Type",
     "O",
 ]
-DEID_CATEGORIES = ("age", "date", "location", "name", "other", "phone_nb")
-DEID_LABELS = ["O"] + [f"B-{c}" for c in DEID_CATEGORIES] + [f"I-{c}" for c in DEID_CATEGORIES]
-# Gold PHI types of id-phi.phrase -> DEID categories.
-DEID_GOLD_TYPES = {
-    "HCPName": "name",
-    "PTName": "name",
-    "PTNameInitial": "name",
-    "RelativeProxyName": "name",
-    "Date": "date",
-    "DateYear": "date",
-    "Location": "location",
-    "Phone": "phone_nb",
-    "Age": "age",
-    "Other": "other",
-}
-
-
 # ------------------------------------------------------------------------------------------------ brat
 @dataclass(frozen=True)
 class BratSpan:
@@ -117,31 +99,29 @@ _OFFSETS = re.compile(r"(\d+) (\d+)")
 def read_brat_ann(path: Path) -> list[BratSpan]:
     """Text-bound (T) annotations of a brat .ann file, in file order; other annotation lines are skipped."""
     spans = []
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip() or line[0] in "REAMN#*":
-                continue
-            expected = "'T<id><TAB><type> <start> <end>[;<start> <end>]<TAB><text>'"
-            cols = line.split("\t", 2)
-            if line[0] != "T" or len(cols) < 2 or " " not in cols[1]:
-                raise _err(path, ln, f"expected a brat annotation line {expected}, got {line!r}")
-            typ, offsets = cols[1].split(" ", 1)
-            frags = [_OFFSETS.fullmatch(x.strip()) for x in offsets.split(";")]
-            if not typ or not all(frags) or any(int(m[1]) > int(m[2]) for m in frags):
-                raise _err(path, ln, f"expected {expected} with integer offsets start <= end, got {line!r}")
-            spans.append(
-                BratSpan(
-                    cols[0],
-                    typ,
-                    int(frags[0][1]),
-                    int(frags[-1][2]),
-                    cols[2] if len(cols) > 2 else "",
-                    ln,
-                    len(frags) > 1,
-                )
-            )
+    for ln, line in read_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip() or line[0] in "REAMN#*":
+            continue
+        expected = "'T<id><TAB><type> <start> <end>[;<start> <end>]<TAB><text>'"
+        cols = line.split("\t", 2)
+        if line[0] != "T" or len(cols) < 2 or " " not in cols[1]:
+            raise err(path, ln, f"expected a brat annotation line {expected}, got {line!r}")
+        typ, offsets = cols[1].split(" ", 1)
+        frags = [_OFFSETS.fullmatch(x.strip()) for x in offsets.split(";")]
+        if not typ or not all(frags) or any(int(m[1]) > int(m[2]) for m in frags):
+            raise err(path, ln, f"expected {expected} with integer offsets start <= end, got {line!r}")
+        text = cols[2] if len(cols) > 2 else ""
+        spans.append(BratSpan(cols[0], typ, int(frags[0][1]), int(frags[-1][2]), text, ln, len(frags) > 1))
     return spans
+
+
+def check_spans(ann: Path, spans: Sequence[BratSpan], text: str, txt_name: str) -> None:
+    """Every span must end inside its document's text (brat offsets are character offsets)."""
+    for s in spans:
+        if s.end > len(text):
+            raise err(ann, s.line, f"span {s.start}-{s.end} runs past the end of {txt_name} ({len(text)} "
+                                   "characters); expected offsets inside the text")
 
 
 def bio_by_containment(token_spans: list[tuple[int, int]], spans: list[tuple[int, int, str]]) -> list[str]:
@@ -168,10 +148,14 @@ def build_cos(data_dir: str | Path) -> TaskData:
     d = Path(data_dir)
     files = sorted(d.glob("*.ann"))
     if not files:
-        raise _err(d, None, "expected brat .ann files")
+        raise err(d, None, "expected brat .ann files")
     examples = []
     for path in files:
-        spans = [s for s in read_brat_ann(path) if s.text.strip() and not s.discontinuous]
+        every = read_brat_ann(path)
+        txt = path.with_suffix(".txt")
+        if txt.is_file():
+            check_spans(path, every, read_text(txt), txt.name)
+        spans = [s for s in every if s.text.strip() and not s.discontinuous]
         for snip in (s for s in spans if s.type == "Snippet"):
             text = snip.text.strip()
             feats = [
@@ -194,19 +178,20 @@ def build_cos(data_dir: str | Path) -> TaskData:
 def _social_history_doc(txt: Path) -> dict:
     ann = txt.with_suffix(".ann")
     if not ann.is_file():
-        raise _err(txt, None, f"no matching annotation file {ann.name}")
-    text = txt.read_text(encoding="utf-8")
-    spans = sorted((s for s in read_brat_ann(ann) if not s.discontinuous), key=lambda s: s.start)
-    for s in spans:
-        if s.end > len(text):
-            raise _err(ann, s.line, f"span {s.start}-{s.end} runs past the end of {txt.name} ({len(text)} chars)")
+        raise err(txt, None, f"no matching annotation file {ann.name}")
+    text = read_text(txt)
+    every = read_brat_ann(ann)
+    check_spans(ann, every, text, txt.name)
+    spans = sorted((s for s in every if not s.discontinuous), key=lambda s: s.start)
     toks = list(re.finditer(r"\S+", text))
     tags = bio_by_containment([m.span() for m in toks], [(s.start, s.end, s.type) for s in spans])
-    return {
-        "id": txt.stem,
-        "tokens": [m.group() for m in toks],
-        "tags": encode_labels(tags, SOCIAL_HISTORY_LABELS, ann),
-    }
+    for tag in tags:
+        if tag not in SOCIAL_HISTORY_LABELS:
+            line = next((s.line for s in spans if s.type == tag[2:]), None)
+            raise err(ann, line, f"label {tag!r} is not in the task's label list (the tags of this {tag[2:]} "
+                                 f"span must be among the paper's Social History tags {SOCIAL_HISTORY_LABELS})")
+    tag_ids = encode_labels(tags, SOCIAL_HISTORY_LABELS, ann)
+    return {"id": txt.stem, "tokens": [m.group() for m in toks], "tags": tag_ids}
 
 
 def build_social_history(data_dir: str | Path, split: str = "random") -> TaskData:
@@ -223,170 +208,20 @@ def build_social_history(data_dir: str | Path, split: str = "random") -> TaskDat
         for names in (("train",), ("dev", "valid", "validation"), ("test",)):
             sub = next((d / n for n in names if (d / n).is_dir()), None)
             if sub is None:
-                raise _err(d, None, f"split='folders' needs a {'/'.join(names)} subfolder")
+                raise err(d, None, f"split='folders' needs a {'/'.join(names)} subfolder")
             parts.append([_social_history_doc(p) for p in sorted(sub.glob("*.txt"))])
         return TaskData("social_history", "ner", list(SOCIAL_HISTORY_LABELS), *parts)
     if split != "random":
         raise ValueError(f"social_history split must be 'random' or 'folders', got {split!r}")
     txts = sorted(d.glob("*.txt")) or sorted(d.glob("*/*.txt"), key=lambda p: p.name)
     if not txts:
-        raise _err(d, None, "expected brat .txt/.ann pairs (here or in subfolders)")
+        raise err(d, None, "expected brat .txt/.ann pairs (here or in subfolders)")
     names = [p.name for p in txts]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise _err(d, None, f"the same document appears in several subfolders: {dup[:5]}")
+        raise err(d, None, f"the same document appears in several subfolders: {dup[:5]}")
     docs = [_social_history_doc(p) for p in txts]
     return TaskData("social_history", "ner", list(SOCIAL_HISTORY_LABELS), *_split_70_15_15(docs))
-
-
-# ------------------------------------------------------------------------------------------------ DEID
-_RECORD = re.compile(r"START_OF_RECORD=(.*?)\|\|\|\|END_OF_RECORD", re.S)
-_HEADER = re.compile(r"(\d+)\|\|\|\|(\d+)\|\|\|\|\n")
-_MASK = re.compile(r"(\[\*\*.*?\*\*\])")
-
-
-def read_deid_records(path: Path) -> list[tuple[str, str, str, int]]:
-    """(patient id, record number, body, line) of each START_OF_RECORD=<pid>||||<rec>||||...||||END_OF_RECORD
-    record; the body is the text after the START_OF_RECORD line (the offsets of id-phi.phrase)."""
-    content = path.read_text(encoding="utf-8")
-    out = []
-    for m in _RECORD.finditer(content):
-        ln = content.count("\n", 0, m.start()) + 1
-        h = _HEADER.match(m.group(1))
-        if h is None:
-            raise _err(path, ln, "expected a record header 'START_OF_RECORD=<pid>||||<rec>||||' and a newline")
-        out.append((h[1], h[2], m.group(1)[h.end() :], ln))
-    if not out:
-        raise _err(path, None, "no START_OF_RECORD ... ||||END_OF_RECORD records")
-    return out
-
-
-def deid_mask_category(mask: str) -> str | None:
-    """Category of a [**...**] mask, rules checked in the paper's order (None when no rule fits)."""
-    content = mask[3:-3].strip()
-    low = content.lower()
-    if "name" in low:
-        return "name"
-    if "e-mail address" in low or "email address" in low:
-        return "other"
-    if "telephone/fax" in low or "pager number" in low:
-        return "phone_nb"
-    if "age over" in low:
-        return "age"
-    if "location" in low or any(k in low for k in ("hospital", "street address", "unit number")):
-        return "location"
-    if re.fullmatch(r"\d+|\d{1,2}-\d{1,2}|\d{4}-\d{2}-\d{2}", content) or "date range" in low or "month/year" in low:
-        return "date"
-    if content == "" or "company" in low:
-        return "other"
-    return None
-
-
-def _silver_tags(text: str, masked: str, where: str) -> tuple[list[str], list[str]]:
-    """The paper's alignment: plain segments of the masked text give O tokens; each mask covers id.text from
-    the current position to where the next plain segment is found (or the end)."""
-    text, masked = text.strip().replace("\n", " "), masked.strip().replace("\n", " ")
-    segments = _MASK.split(masked)
-    tokens, tags, pos = [], [], 0
-    for i, seg in enumerate(segments):
-        if i % 2 == 0:
-            words = seg.split()
-            tokens += words
-            tags += ["O"] * len(words)
-            pos += len(seg)
-            continue
-        cat = deid_mask_category(seg)
-        if cat is None:
-            raise TaskDataError(f"{where}: mask {seg!r} matches no DEID category {DEID_CATEGORIES}")
-        nxt = segments[i + 1] if i + 1 < len(segments) else ""
-        end = text.find(nxt, pos) if nxt else -1
-        end = len(text) if end == -1 else end
-        words = text[pos:end].split()
-        tokens += words
-        tags += [("B-" if k == 0 else "I-") + cat for k in range(len(words))]
-        pos = end
-    return tokens, tags
-
-
-def _gold_spans(path: Path) -> dict[tuple[str, str], list[tuple[int, int, str]]]:
-    spans: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            c = line.split(maxsplit=5)
-            if len(c) < 5 or not (c[2].isdigit() and c[3].isdigit()):
-                raise _err(path, ln, "expected '<pid> <record> <start> <end> <type> <text>'")
-            if c[4] not in DEID_GOLD_TYPES:
-                raise _err(path, ln, f"PHI type {c[4]!r} is not one of {sorted(DEID_GOLD_TYPES)}")
-            spans.setdefault((c[0], c[1]), []).append((int(c[2]), int(c[3]), DEID_GOLD_TYPES[c[4]]))
-    return spans
-
-
-def _gold_tags(body: str, spans: list[tuple[int, int, str]], where: str) -> tuple[list[str], list[str]]:
-    """Whitespace tokens of the text between and inside the gold spans (cut at span edges, like the silver
-    masks); overlapping spans of one category are merged."""
-    merged: list[list] = []
-    for s, e, cat in sorted(spans):
-        if merged and s < merged[-1][1]:
-            if cat != merged[-1][2]:
-                raise TaskDataError(f"{where}: overlapping gold spans of categories {merged[-1][2]} and {cat}")
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e, cat])
-    tokens, tags, pos = [], [], 0
-    for s, e, cat in merged + [[len(body), len(body), None]]:
-        words = body[pos:s].split()
-        tokens += words
-        tags += ["O"] * len(words)
-        words = body[s:e].split()
-        tokens += words
-        tags += [("B-" if k == 0 else "I-") + str(cat) for k in range(len(words))]
-        pos = e
-    return tokens, tags
-
-
-def build_deid(data_dir: str | Path, labels: str = "silver") -> TaskData:
-    """PhysioNet deid corpus: id.text records, whitespace tokens, split by record with sklearn
-    train_test_split(test_size=0.30, random_state=42) then 50/50 (random_state=42) -> 1,703 / 365 / 366.
-
-    labels="silver" (the paper): [**...**] masks of GSoutput/id.res (deid.pl output) aligned to id.text,
-    categorized by `deid_mask_category`. labels="gold": the PHI spans of id-phi.phrase
-    (`<pid> <record> <start> <end> <type> <text>`, offsets in the record body), types mapped by
-    DEID_GOLD_TYPES.
-    """
-    d = Path(data_dir)
-    text_path = d / "id.text"
-    records = read_deid_records(text_path)
-    examples = []
-    if labels == "silver":
-        res_path = next((p for p in (d / "GSoutput" / "id.res", d / "id.res") if p.is_file()), d / "id.res")
-        masked = read_deid_records(res_path)
-        if len(masked) != len(records):
-            raise _err(res_path, None, f"{len(masked)} records, but {text_path.name} has {len(records)}")
-        for (pid, rec, body, ln), (pid2, rec2, body2, ln2) in zip(records, masked):
-            if (pid, rec) != (pid2, rec2):
-                raise _err(res_path, ln2, f"record {pid2}/{rec2} where {text_path.name}:{ln} has {pid}/{rec}")
-            tokens, tags = _silver_tags(body, body2, f"{res_path}:{ln2}")
-            tags_ids = encode_labels(tags, DEID_LABELS, res_path, ln2)
-            examples.append({"id": f"{pid}-{rec}", "tokens": tokens, "tags": tags_ids})
-    elif labels == "gold":
-        phrase = d / "id-phi.phrase"
-        gold = _gold_spans(phrase)
-        for pid, rec, body, _ in records:
-            spans = gold.pop((pid, rec), [])
-            for s, e, _ in spans:
-                if e > len(body) or s > e:
-                    raise _err(phrase, None, f"span {s}-{e} does not fit record {pid}/{rec} ({len(body)} chars)")
-            tokens, tags = _gold_tags(body, spans, f"{phrase} record {pid}/{rec}")
-            examples.append({"id": f"{pid}-{rec}", "tokens": tokens, "tags": encode_labels(tags, DEID_LABELS, phrase)})
-        if gold:
-            raise _err(phrase, None, f"spans for records missing from {text_path.name}: {sorted(gold)[:5]}")
-    else:
-        raise ValueError(f"deid labels must be 'silver' or 'gold', got {labels!r}")
-    train, rest = train_test_split(examples, test_size=0.30, random_state=42)
-    val, test = train_test_split(rest, test_size=0.50, random_state=42)
-    return TaskData("deid", "ner", list(DEID_LABELS), train, val, test)
 
 
 # ------------------------------------------------------------------------------------------ CoNLL (NER)
@@ -397,21 +232,20 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str], int]]:
     """Sentences (words, tags, first line) of a CoNLL file: word in the first column, tag in the last
     (tab-separated when the line has a tab, else whitespace); blank lines and -DOCSTART- end sentences."""
     sents, words, tags, first = [], [], [], 0
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip() or line.startswith("-DOCSTART-"):
-                if words:
-                    sents.append((words, tags, first))
-                words, tags = [], []
-                continue
-            cols = line.split("\t") if "\t" in line else line.split()
-            if len(cols) < 2 or not _TAG.match(cols[-1].strip()):
-                raise _err(path, ln, f"expected '<word> ... <tag>' with tag O, B-<type> or I-<type>, got {line!r}")
-            if not words:
-                first = ln
-            words.append(cols[0].strip())
-            tags.append(cols[-1].strip())
+    for ln, line in read_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if words:
+                sents.append((words, tags, first))
+            words, tags = [], []
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if len(cols) < 2 or not _TAG.match(cols[-1].strip()):
+            raise err(path, ln, f"expected '<word> ... <tag>' with tag O, B-<type> or I-<type>, got {line!r}")
+        if not words:
+            first = ln
+        words.append(cols[0].strip())
+        tags.append(cols[-1].strip())
     if words:
         sents.append((words, tags, first))
     return sents
@@ -437,15 +271,15 @@ def build_conll(data_dir: str | Path, scheme: str = "auto", labels: Sequence[str
     exts = (".txt", ".tsv", ".conll", ".iob", ".iob2", ".bio", "")
     raw = {}
     for s in ("train", "val", "test"):
-        p = _find_split_file(d, s, exts)
+        p = find_split_file(d, s, exts)
         if p is None:
-            raise _err(d, None, f"no {'/'.join(_SPLIT_STEMS[s])} file ({', '.join(e or 'no ext' for e in exts)})")
+            raise err(d, None, f"no {'/'.join(SPLIT_STEMS[s])} file ({', '.join(e or 'no ext' for e in exts)})")
         sents = []
         for words, tags, ln in read_conll(p):
             bio = iob1_to_bio(tags)
             if scheme == "bio" and bio != tags:
                 k = next(i for i, (a, b) in enumerate(zip(tags, bio)) if a != b)
-                raise _err(p, ln + k, f"tag {tags[k]} opens a chunk; BIO expects B-{tags[k][2:]}")
+                raise err(p, ln + k, f"tag {tags[k]} opens a chunk; BIO expects B-{tags[k][2:]}")
             sents.append((words, bio, ln, p))
         raw[s] = sents
     if labels is None:

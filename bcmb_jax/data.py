@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -41,6 +40,7 @@ from bcmb_jax.sources import (  # noqa: F401 - re-exported: the pipeline's reade
     iter_documents,
     iter_file_documents,
 )
+from bcmb_jax.tokenizer import TokenizerInfo, load_tokenizer  # noqa: F401 - re-exported: the pipeline's tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -79,110 +79,6 @@ class DataConfig:
                                "they memory-map the token cache instead of receiving a copy")
     prefetch: int = opt(8, "elements prefetched by grain's reader")
     max_docs: int | None = opt(None, "read at most this many documents per source (quick runs; no cache)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-@dataclass
-class TokenizerInfo:
-    """A `tokenizers.Tokenizer` plus the ids the pipeline needs."""
-
-    tokenizer: Any
-    cls_id: int
-    sep_id: int
-    pad_id: int
-    mask_id: int
-    special_ids: tuple[int, ...]
-    vocab_size: int  # including added tokens
-    base_vocab_size: int
-    byte_level: bool  # a ByteLevel pre-tokenizer (prefix-space handling applies)
-    prefix_space: bool
-    fingerprint: str
-
-    @property
-    def dtype(self):
-        return np.uint16 if self.vocab_size <= 2**16 else np.uint32
-
-
-def _special_names(tok_dir: Path) -> dict[str, str]:
-    names = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "mask_token": "[MASK]"}
-    path = tok_dir / "special_tokens_map.json"
-    if path.is_file():
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-        for k in names:
-            v = d.get(k)
-            names[k] = v.get("content", names[k]) if isinstance(v, dict) else v or names[k]
-    return names
-
-
-def _set_prefix_space(node: Any, on: bool = True) -> bool:
-    """Sets add_prefix_space on every ByteLevel pre-tokenizer in a JSON tree (and, when `on` is False,
-    turns off a Metaspace that prepends a space to the text); True if a ByteLevel was found."""
-    found = False
-    if isinstance(node, dict):
-        if node.get("type") == "ByteLevel":
-            node["add_prefix_space"] = on
-            found = True
-        elif node.get("type") == "Metaspace" and node.get("replacement") == " " and not on:
-            node["prepend_scheme"] = "never"
-        for v in node.values():
-            found |= _set_prefix_space(v, on)
-    elif isinstance(node, list):
-        for v in node:
-            found |= _set_prefix_space(v, on)
-    return found
-
-
-def load_tokenizer(path: str | Path, prefix_space: bool = True, *, mask_token_id: int | None = None,
-                   pad_token_id: int | None = None) -> TokenizerInfo:
-    """Loads `path`/tokenizer.json. With `prefix_space`, ByteLevel pre-tokenizers get add_prefix_space=True,
-    which is what `AutoTokenizer.from_pretrained(..., add_prefix_space=True)` did in the original run;
-    without it, no leading space is added."""
-    from tokenizers import Tokenizer
-
-    if not str(path):
-        raise DataError("data.tokenizer is not set (expected a directory holding tokenizer.json)")
-    from bcmb_jax import demo_data
-
-    demo_data.ensure_default(path)  # configs/demo.yaml's runs/demo_data is written on first use
-    path = Path(path).expanduser()
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
-        raise DataError(f"tokenizer not found: {file} (expected a tokenizer.json or a directory holding one)")
-    try:
-        spec = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    byte_level = '"ByteLevel"' in json.dumps(spec.get("pre_tokenizer"))
-    if byte_level:
-        _set_prefix_space(spec["pre_tokenizer"], prefix_space)
-    text = json.dumps(spec, sort_keys=True)
-    try:
-        tok = Tokenizer.from_str(text)
-    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed spec
-        raise DataError(f"{file}: not a valid tokenizers file ({' '.join(str(e).split())[:200]})") from None
-    names = _special_names(file.parent)
-
-    def tid(key: str, override: int | None) -> int:
-        if override is not None:
-            return int(override)
-        i = tok.token_to_id(names[key])
-        if i is None:
-            raise DataError(f"{file}: the tokenizer has no {key} {names[key]!r}")
-        return i
-
-    ids = [tid("cls_token", None), tid("sep_token", None), tid("pad_token", pad_token_id),
-           tid("mask_token", mask_token_id)]
-    special = sorted({i for i, t in tok.get_added_tokens_decoder().items() if t.special} | set(ids))
-    return TokenizerInfo(tok, *ids, special_ids=tuple(special), vocab_size=tok.get_vocab_size(True),
-                         base_vocab_size=tok.get_vocab_size(False), byte_level=byte_level,
-                         prefix_space=prefix_space and byte_level,
-                         fingerprint=hashlib.sha256(text.encode()).hexdigest())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,13 +24,11 @@ from bcmb_jax import params as P
 from bcmb_jax import pretrained as PT
 from bcmb_jax.atomic import atomic
 from bcmb_jax.config import ModelConfig
-from bcmb_jax.model import TASKS
+from bcmb_jax.heads import HEADS
 
 DTYPES = ("float32", "bfloat16")
 PROGRESS_BYTES = 64 << 20  # show a progress bar from this checkpoint size on
 HEAD_PREFIXES = ("head.", "decoder.", "classifier.")
-PIPELINE_TAGS = {"mlm": "fill-mask", "sequence": "text-classification", "token": "token-classification",
-                 "base": "feature-extraction"}
 
 
 class ConversionError(ValueError):
@@ -57,7 +55,7 @@ class Result:
     def lines(self) -> list[str]:
         c = self.cfg
         out = [f"{self.source} ({self.source_kind}) -> {self.out}",
-               f"  task {self.task} ({PT.HF_ARCHITECTURE[self.task]}): {c.num_hidden_layers} layers, hidden "
+               f"  task {self.task} ({HEADS[self.task].hf_architecture}): {c.num_hidden_layers} layers, hidden "
                f"{c.hidden_size}, heads {c.num_attention_heads}, vocab {c.vocab_size}",
                f"  {self.num_params:,} parameters in {self.num_tensors} tensors, {self.dtype}",
                f"  tokenizer: {', '.join(self.tokenizer) if self.tokenizer else 'none'}"]
@@ -154,8 +152,8 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
     """
     t0 = time.time()
     _check_dtype(dtype)
-    if task is not None and task not in TASKS:
-        raise ConversionError(f"--task must be one of {sorted(TASKS)}, got {task!r}")
+    if task is not None and task not in HEADS:
+        raise ConversionError(f"--task must be one of {sorted(HEADS)}, got {task!r}")
     src_path = Path(src)
     override = _read_json(Path(config)) if config is not None else {}
     tok_texts = _tokenizer_texts(Path(tokenizer)) if tokenizer is not None else None
@@ -258,8 +256,8 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
     """
     t0 = time.time()
     _check_dtype(dtype)
-    if task is not None and task not in TASKS:
-        raise ConversionError(f"--task must be one of {sorted(TASKS)}, got {task!r}")
+    if task is not None and task not in HEADS:
+        raise ConversionError(f"--task must be one of {sorted(HEADS)}, got {task!r}")
     src_path = Path(src)
     if src_path.is_file():
         raise ConversionError(f"{src_path}: to-hf takes a JAX checkpoint directory, a train run directory or "
@@ -291,7 +289,7 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
     if task == "base":  # HF ModernBertModel names its tensors without the `model.` prefix
         sd = {k[len("model."):]: v for k, v in sd.items()}
     files = ckpt.tokenizer_files(where.tokenizer) if where.tokenizer else {}
-    hf_config = cfg.to_hf_dict(PT.HF_ARCHITECTURE[task])
+    hf_config = cfg.to_hf_dict(HEADS[task].hf_architecture)
     hf_config["dtype"] = hf_config["torch_dtype"] = dtype
     kind = {"jax": "JAX directory", "run": f"train run, step {where.step}", "step": f"train step {where.step}"}
     produced = {"source": str(src_path), "source_kind": kind[where.kind], "dtype": dtype,
@@ -313,9 +311,8 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
 
 def model_card(cfg: ModelConfig, task: str, num_params: int, produced: dict[str, Any], out_name: str) -> str:
     """README.md for an exported HF directory: what it is, its config, how it was made, how to load it."""
-    arch = PT.HF_ARCHITECTURE[task]
-    auto = {"mlm": "AutoModelForMaskedLM", "sequence": "AutoModelForSequenceClassification",
-            "token": "AutoModelForTokenClassification", "base": "AutoModel"}[task]
+    arch = HEADS[task].hf_architecture
+    auto = HEADS[task].auto_class
     n_global = sum(cfg.is_global(i) for i in range(cfg.num_hidden_layers))
     origin = produced.get("origin") or {}
     origin_line = ""
@@ -348,7 +345,7 @@ def model_card(cfg: ModelConfig, task: str, num_params: int, produced: dict[str,
     }[task]
     return f"""---
 library_name: transformers
-pipeline_tag: {PIPELINE_TAGS[task]}
+pipeline_tag: {HEADS[task].pipeline_tag}
 tags:
 - modernbert
 - bcmb-jax

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from bcmb_jax.finetune import IGNORE, EncodedTask, Example, FinetuneConfig, FinetuneError, head_init
+from bcmb_jax.encoding import EncodedTask, Example
+from bcmb_jax.finetune import FinetuneConfig, FinetuneError, head_init
+from bcmb_jax.heads import HEADS
+from bcmb_jax.metrics import IGNORE
 
 
 def hf_directory(model_path: str | Path, work_dir: Path) -> Path:
@@ -50,7 +53,7 @@ class TorchBackend:
 
     def start(self, seed: int, lr: float, total_steps: int, warmup_steps: int) -> None:
         torch, tf = self.torch, self.tf
-        auto = tf.AutoModelForTokenClassification if self.kind == "ner" else tf.AutoModelForSequenceClassification
+        auto = getattr(tf, HEADS["token" if self.kind == "ner" else "sequence"].auto_class)
         problem = {"classification": "single_label_classification", "multilabel": "multi_label_classification"}
         kw = {"problem_type": problem[self.kind]} if self.kind in problem else {}
         torch.manual_seed(seed)

@@ -2,12 +2,14 @@
 
 Classification: sklearn F1 (zero_division=0) over argmax predictions; multi-label: predictions are
 logit > 0 multi-hot vectors; NER: seqeval default (non-strict, conlleval-like) entity-level micro scores over
-the words that carry a label. `summarize` aggregates seeds like the paper's aggregate_results.py.
+the words that carry a label. `summarize` aggregates seeds like the paper's aggregate_results.py; `score`
+turns a model's per-example logits into these metrics, the loss and one prediction record per example.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from seqeval.metrics import accuracy_score as seq_accuracy
@@ -15,6 +17,9 @@ from seqeval.metrics import f1_score as seq_f1
 from seqeval.metrics import precision_score as seq_precision
 from seqeval.metrics import recall_score as seq_recall
 from sklearn.metrics import accuracy_score, f1_score
+
+IGNORE = -100  # label of tokens that carry no NER label (HF ignore_index)
+MAIN_METRIC = {"ner": "f1", "classification": "weighted_f1", "multilabel": "weighted_f1"}
 
 
 def ner_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
@@ -82,3 +87,44 @@ def summarize(per_seed: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str
         k: {"median": float(np.median(v)), "mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
         for k, v in values.items()
     }
+
+
+def _sigmoid_bce(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
+def _cross_entropy(logits_NC: np.ndarray, y_N: np.ndarray) -> np.ndarray:
+    z = logits_NC.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return np.log(np.exp(z).sum(-1)) - z[np.arange(len(y_N)), y_N]
+
+
+def score(data: Any, examples: Sequence[Any], outputs: list[np.ndarray]) -> tuple[dict, list[dict]]:
+    """(metrics incl. the loss, one prediction record per example) of an `encoding.EncodedTask`'s examples from
+    their logits ([C] for sequence tasks, [n, C] for NER)."""
+    names = data.labels
+    if data.kind == "ner":
+        gold = [[names[t] for t in e.tags] for e in examples]
+        pred = [[names[int(i)] for i in out[e.first].argmax(-1)] if len(e.first) else []
+                for e, out in zip(examples, outputs)]
+        logits = np.concatenate([o[e.token_labels != IGNORE] for e, o in zip(examples, outputs)])
+        y = np.concatenate([e.token_labels[e.token_labels != IGNORE] for e in examples])
+        result = ner_metrics(gold, pred)
+        result["loss"] = float(_cross_entropy(logits, y).mean()) if len(y) else 0.0
+        records = [{"id": e.id, "tokens": e.words, "gold": g, "pred": p} for e, g, p in zip(examples, gold, pred)]
+        return result, records
+    logits = np.stack(outputs).astype(np.float64)
+    if data.kind == "classification":
+        gold = np.asarray([e.label for e in examples])
+        pred = logits.argmax(-1)
+        result = classification_metrics(gold, pred, names)
+        result["loss"] = float(_cross_entropy(logits, gold).mean())
+        records = [{"id": e.id, "gold": names[g], "pred": names[p]} for e, g, p in zip(examples, gold, pred)]
+        return result, records
+    gold = np.stack([e.label for e in examples]).astype(np.int64)
+    pred = logits_to_multihot(logits)
+    result = multilabel_metrics(gold, pred)
+    result["loss"] = float(_sigmoid_bce(logits, gold).mean())
+    records = [{"id": e.id, "gold": [names[i] for i in np.flatnonzero(g)],
+                "pred": [names[i] for i in np.flatnonzero(p)]} for e, g, p in zip(examples, gold, pred)]
+    return result, records

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from bcmb_jax import heads
 from bcmb_jax.attention import attention_heads_first
 from bcmb_jax.config import ModelConfig
 
@@ -467,23 +468,7 @@ class ModernBertForSequenceClassification(_Classifier):
         return Output(self.classify(pooled_BMD), h_BTD)
 
 
-TASKS: dict[str, type[_Task]] = {
-    "base": ModernBertModel,
-    "mlm": ModernBertForMaskedLM,
-    "sequence": ModernBertForSequenceClassification,
-    "token": ModernBertForTokenClassification,
-}
-ARCHITECTURES = {
-    "ModernBertModel": "base",
-    "ModernBertForMaskedLM": "mlm",
-    "ModernBertForSequenceClassification": "sequence",
-    "ModernBertForTokenClassification": "token",
-}
-
-
 def build(cfg: ModelConfig, task: str = "mlm", *, seed: int = 0, dtype: Any = jnp.float32,
           remat: bool = False) -> _Task:
     """A randomly initialised model for `task` ("base" | "mlm" | "sequence" | "token")."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
-    return TASKS[task](cfg, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), remat=remat)
+    return globals()[heads.get(task).module](cfg, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), remat=remat)

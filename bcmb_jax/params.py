@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bcmb_jax.config import ModelConfig
+from bcmb_jax.heads import get as get_head
 
 Cond = Callable[[ModelConfig, int], bool]
 ALWAYS: Cond = lambda cfg, i: True  # noqa: E731
@@ -69,8 +70,6 @@ KEY_MAP: tuple[tuple[str, str, str, tuple[str | None, ...], Cond], ...] = (
     ("classifier.weight", "classifier.kernel", "linear", ("embed", "labels"), ALWAYS),
     ("classifier.bias", "classifier.bias", "copy", ("labels",), ALWAYS),
 )
-HEAD_ROWS = {"base": (), "mlm": ("head.", "decoder."), "sequence": ("head.", "classifier."),
-             "token": ("head.", "classifier.")}
 TIED_DECODER = "decoder.weight"
 
 
@@ -88,7 +87,7 @@ class Entry:
 
 def key_map(cfg: ModelConfig, task: str) -> list[Entry]:
     """The rows of `KEY_MAP` that exist for this config and task, with layer numbers filled in."""
-    heads = HEAD_ROWS[task]
+    heads = get_head(task).prefixes
     out = []
     for hf, path, kind, axes, cond in KEY_MAP:
         if not hf.startswith("model.") and not hf.startswith(heads):

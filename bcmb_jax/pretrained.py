@@ -22,9 +22,8 @@ from bcmb_jax import checkpoint as ckpt
 from bcmb_jax import params as P
 from bcmb_jax.atomic import atomic
 from bcmb_jax.config import ConfigError, ModelConfig
-from bcmb_jax.model import ARCHITECTURES, TASKS, build
-
-HF_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
+from bcmb_jax.heads import BY_ARCHITECTURE, HEADS
+from bcmb_jax.model import build
 
 
 def resolve(path_or_id: str | Path) -> Path:
@@ -48,14 +47,14 @@ def resolve(path_or_id: str | Path) -> Path:
 
 def infer_task(raw: dict[str, Any], task: str | None) -> str:
     if task is not None:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+        if task not in HEADS:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(HEADS)}")
         return task
     if "bcmb_jax" in raw:
         return raw["bcmb_jax"]["task"]
     for arch in raw.get("architectures") or []:
-        if arch in ARCHITECTURES:
-            return ARCHITECTURES[arch]
+        if arch in BY_ARCHITECTURE:
+            return BY_ARCHITECTURE[arch].name
     return "mlm"
 
 
@@ -137,7 +136,7 @@ def params_as(tree: dict, dtype: str) -> dict:
 
 def jax_config(cfg: ModelConfig, task: str, dtype: str, **extra) -> dict[str, Any]:
     """The config.json of a JAX checkpoint directory or run: HF keys plus {"bcmb_jax": {task, dtype, ...}}."""
-    config = cfg.to_hf_dict(HF_ARCHITECTURE[task])
+    config = cfg.to_hf_dict(HEADS[task].hf_architecture)
     config["bcmb_jax"] = {"task": task, "dtype": dtype, **extra}
     return config
 
@@ -154,4 +153,4 @@ def save_jax(model, out: str | Path, *, dtype: str = "float32", tokenizer_dir: s
 
 
 __all__ = ["from_pretrained", "save_jax", "model_config", "abstract_model", "fresh_state", "resolve",
-           "infer_task", "jax_config", "params_as", "HF_ARCHITECTURE", "ConfigError"]
+           "infer_task", "jax_config", "params_as", "ConfigError"]

@@ -1,11 +1,8 @@
-"""Evaluation task builders: the BioClinical ModernBERT downstream tasks plus generic CSV/JSONL readers.
+"""Evaluation task builders: ChemProt, Phenotype, generic CSV/JSONL, and the registry of every task.
 
-`build_task(name, data_dir, **options)` returns a `TaskData` with train/val/test example lists:
-  classification {"text", "label": int}; multilabel {"text", "labels": multi-hot floats};
-  ner {"tokens": words, "tags": one label id per word}; every example also has an "id".
-Splits, label orders and tokenization follow the paper's dataloader (arXiv 2506.10896, see
-modernbert-facts.md §9). The NER corpora (brat, DEID, CoNLL) live in `bcmb_jax.brat`, the metrics in
-`bcmb_jax.metrics`.
+`build_task(name, data_dir, **options)` returns a `TaskData` (`bcmb_jax.task_data`). Splits, label orders
+and tokenization follow the paper's dataloader (arXiv 2506.10896, see modernbert-facts.md §9).
+The NER corpora live in `bcmb_jax.brat` (COS, Social History, CoNLL) and `bcmb_jax.deid`.
 """
 
 from __future__ import annotations
@@ -13,92 +10,25 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import math
 import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-KINDS = ("classification", "multilabel", "ner")
-
-
-class TaskDataError(ValueError):
-    """Malformed task input: names the file (and line) and what was expected."""
-
-
-@dataclass
-class TaskData:
-    name: str
-    kind: str  # "classification" | "multilabel" | "ner"
-    labels: list[str]  # label names by id (NER: the BIO tag list)
-    train: list[dict]
-    val: list[dict]
-    test: list[dict]
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"TaskData.kind must be one of {KINDS}, got {self.kind!r}")
-
-    def splits(self) -> dict[str, list[dict]]:
-        return {"train": self.train, "val": self.val, "test": self.test}
-
-    def counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.splits().items()}
-
-
-def _err(path: Path | str, line: int | None, msg: str) -> TaskDataError:
-    where = f"{path}:{line}" if line is not None else str(path)
-    return TaskDataError(f"{where}: {msg}")
-
-
-def encode_labels(names: Iterable[str], labels: Sequence[str], path: Path | str, line: int | None = None) -> list[int]:
-    """Map label names to ids; a name outside `labels` is an error (never silently another label)."""
-    index = {name: i for i, name in enumerate(labels)}
-    out = []
-    for name in names:
-        if name not in index:
-            raise _err(path, line, f"label {name!r} is not in the task's label list {list(labels)}")
-        out.append(index[name])
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- splits
-def hf_train_test_split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of HF `datasets` `Dataset.train_test_split(test_size=float, seed=seed)` (shuffle=True).
-
-    datasets (2.x, the paper's 2.21) takes n_test = ceil(test_size * n), n_train = n - n_test and one
-    permutation from `np.random.default_rng(seed)`: test = perm[:n_test], train = perm[n_test:], both kept in
-    permutation order.
-    """
-    n_test = math.ceil(test_size * n)
-    if not 0 < test_size < 1 or n_test >= n:
-        raise ValueError(f"test_size={test_size} leaves no training rows out of {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[n_test:], perm[:n_test]
-
-
-def hf_three_way(n: int, test_size: float, second: float, seed: int = 42, *, val_first: bool = True):
-    """(train, val, test) indices of two chained HF splits.
-
-    val_first=False: test = first split's test part, val = `second` of the rest (Phenotype: 0.2 then 0.125).
-    val_first=True: the first split's test part is split again, val = its train part, test = its test part
-    (COS and Social History: 0.3 then 0.5).
-    """
-    rest, held = hf_train_test_split(n, test_size, seed)
-    if val_first:
-        a, b = hf_train_test_split(len(held), second, seed)
-        return rest, held[a], held[b]
-    a, b = hf_train_test_split(len(rest), second, seed)
-    return rest[a], rest[b], held
-
-
-def take(rows: Sequence[dict], idx: Iterable[int]) -> list[dict]:
-    return [rows[int(i)] for i in idx]
-
+from bcmb_jax import brat, deid
+from bcmb_jax.task_data import (
+    SPLIT_STEMS,
+    TaskData,
+    TaskDataError,
+    encode_labels,
+    err,
+    find_split_file,
+    hf_three_way,
+    read_lines,
+    take,
+    utf8_lines,
+)
 
 # ---------------------------------------------------------------------------------------------- ChemProt
 # The paper's ids are `class_encode_column` ids: the sorted unique label strings of each split, encoded per
@@ -125,7 +55,6 @@ _CHEMPROT_FILES = {  # split -> (folder, abstracts, entities, gold standard) of 
         "chemprot_test_gold_standard.tsv",
     ),
 }
-_SPLIT_STEMS = {"train": ("train",), "val": ("dev", "valid", "validation", "devel"), "test": ("test",)}
 
 # BLUE writes ASCII text (its `printable(..., greeklish=True)`): Greek letters become Latin letters, the symbols
 # below become the ASCII characters BLUE uses, other characters are decomposed to ASCII or dropped.
@@ -151,14 +80,13 @@ def blue_ascii(text: str) -> str:
 
 
 def _read_tsv_rows(path: Path, ncols: int, what: str) -> Iterable[tuple[int, list[str]]]:
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) < ncols:
-                raise _err(path, ln, f"expected {ncols} tab-separated columns ({what}), got {len(cols)}")
-            yield ln, cols
+    for ln, line in read_lines(path):
+        if not line.strip():
+            continue
+        cols = line.rstrip("\r\n").split("\t")
+        if len(cols) < ncols:
+            raise err(path, ln, f"expected {ncols} tab-separated columns ({what}), got {len(cols)}")
+        yield ln, cols
 
 
 _SEGMENTER = None
@@ -222,14 +150,14 @@ def chemprot_from_original(folder: Path, split: str, text: str = "ascii") -> lis
     ents: dict[str, list[dict]] = defaultdict(list)
     for ln, c in _read_tsv_rows(base / entities, 6, "pmid, Tn, type, start, end, text"):
         if not (c[3].isdigit() and c[4].isdigit()) or c[2] not in ("CHEMICAL", "GENE-N", "GENE-Y"):
-            raise _err(base / entities, ln, "expected integer offsets and type CHEMICAL, GENE-N or GENE-Y")
+            raise err(base / entities, ln, "expected integer offsets and type CHEMICAL, GENE-N or GENE-Y")
         ents[c[0]].append({"id": c[1], "type": c[2], "start": int(c[3]), "end": int(c[4])})
     rels: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for ln, c in _read_tsv_rows(base / gold, 4, "pmid, CPR group, Arg1:Tn, Arg2:Tn"):
         if not (c[2].startswith("Arg1:") and c[3].startswith("Arg2:")):
-            raise _err(base / gold, ln, "expected Arg1:<id> and Arg2:<id> in columns 3 and 4")
+            raise err(base / gold, ln, "expected Arg1:<id> and Arg2:<id> in columns 3 and 4")
         if c[1] not in CHEMPROT_LABELS:
-            raise _err(base / gold, ln, f"label {c[1]!r} is not in {CHEMPROT_LABELS}")
+            raise err(base / gold, ln, f"label {c[1]!r} is not in {CHEMPROT_LABELS}")
         rels[(c[0], c[2][5:], c[3][5:])].insert(0, c[1])
     fold = blue_ascii if text == "ascii" else (lambda s: s)
     rows = []
@@ -249,31 +177,21 @@ def chemprot_from_original(folder: Path, split: str, text: str = "ascii") -> lis
 
 def read_blue_tsv(path: Path) -> list[dict]:
     """Rows of a BLUE TSV (header `index<TAB>sentence<TAB>label`, csv quoting as BLUE/pandas)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if header is None or "sentence" not in header or "label" not in header:
-            raise _err(path, 1, f"expected a header with 'sentence' and 'label' columns, got {header}")
-        si, li = header.index("sentence"), header.index("label")
-        ii = header.index("index") if "index" in header else None
-        rows = []
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise _err(path, reader.line_num, f"expected {len(header)} tab-separated columns, got {len(row)}")
-            rid = row[ii] if ii is not None else str(len(rows))
-            rows.append({"id": rid, "text": row[si], "label": row[li], "_line": reader.line_num})
+    reader = csv.reader(utf8_lines(path), delimiter="\t")
+    header = next(reader, None)
+    if header is None or "sentence" not in header or "label" not in header:
+        raise err(path, 1, f"expected a header with 'sentence' and 'label' columns, got {header}")
+    si, li = header.index("sentence"), header.index("label")
+    ii = header.index("index") if "index" in header else None
+    rows = []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise err(path, reader.line_num, f"expected {len(header)} tab-separated columns, got {len(row)}")
+        rid = row[ii] if ii is not None else str(len(rows))
+        rows.append({"id": rid, "text": row[si], "label": row[li], "_line": reader.line_num})
     return rows
-
-
-def _find_split_file(folder: Path, split: str, exts: Sequence[str]) -> Path | None:
-    for stem in _SPLIT_STEMS[split]:
-        for ext in exts:
-            p = folder / f"{stem}{ext}"
-            if p.is_file():
-                return p
-    return None
 
 
 def build_chemprot(data_dir: str | Path, text: str = "ascii", source: str = "auto") -> TaskData:
@@ -282,12 +200,12 @@ def build_chemprot(data_dir: str | Path, text: str = "ascii", source: str = "aut
     d = Path(data_dir)
     if text not in ("ascii", "unicode"):
         raise ValueError(f"chemprot text must be 'ascii' or 'unicode', got {text!r}")
-    tsvs = {s: _find_split_file(d, s, (".tsv",)) for s in ("train", "val", "test")}
+    tsvs = {s: find_split_file(d, s, (".tsv",)) for s in ("train", "val", "test")}
     if source == "blue" or (source == "auto" and all(tsvs.values())):
         splits = {}
         for s, p in tsvs.items():
             if p is None:
-                raise _err(d, None, f"no BLUE {'/'.join(_SPLIT_STEMS[s])}.tsv file for the {s} split")
+                raise err(d, None, f"no BLUE {'/'.join(SPLIT_STEMS[s])}.tsv file for the {s} split")
             rows = read_blue_tsv(p)
             for r in rows:
                 r["label"] = encode_labels([r["label"]], CHEMPROT_LABELS, p, r.pop("_line"))[0]
@@ -297,7 +215,7 @@ def build_chemprot(data_dir: str | Path, text: str = "ascii", source: str = "aut
         raise ValueError(f"chemprot source must be 'auto', 'blue' or 'original', got {source!r}")
     folder = next((f for f in (d, d / "original") if (f / _CHEMPROT_FILES["train"][0]).is_dir()), None)
     if folder is None:
-        raise _err(
+        raise err(
             d,
             None,
             "expected BLUE train/dev/test.tsv or the BioCreative VI folders "
@@ -331,11 +249,13 @@ PHENOTYPE_LABELS = [
 ]
 
 
-def _number(value: str, path: Path, line: int, col: str) -> float:
+def _number(value: str | None, path: Path, line: int, col: str) -> float:
+    if value is None:
+        raise err(path, line, f"column {col!r}: expected a number, the row is too short")
     try:
         return float(value)
     except ValueError:
-        raise _err(path, line, f"column {col!r}: expected a number, got {value!r}") from None
+        raise err(path, line, f"column {col!r}: expected a number, got {value!r}") from None
 
 
 def build_phenotype(
@@ -351,28 +271,26 @@ def build_phenotype(
     ann_path, notes_path = d / annotations, d / notes
     csv.field_size_limit(2**31 - 1)
     rows = []
-    with open(ann_path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ["ROW_ID", "NONE", *PHENOTYPE_LABELS] if c not in (reader.fieldnames or [])]
-        if missing:
-            raise _err(ann_path, 1, f"missing columns {missing}")
-        for r in reader:
-            ln = reader.line_num
-            flags = [_number(r[c], ann_path, ln, c) for c in PHENOTYPE_LABELS]
-            none = _number(r["NONE"], ann_path, ln, "NONE") == 1
-            if none and sum(flags) > 0:
-                continue
-            rows.append((int(_number(r["ROW_ID"], ann_path, ln, "ROW_ID")), [0.0] * 14 if none else flags))
+    reader = csv.DictReader(utf8_lines(ann_path))
+    missing = [c for c in ["ROW_ID", "NONE", *PHENOTYPE_LABELS] if c not in (reader.fieldnames or [])]
+    if missing:
+        raise err(ann_path, 1, f"missing columns {missing}")
+    for r in reader:
+        ln = reader.line_num
+        flags = [_number(r[c], ann_path, ln, c) for c in PHENOTYPE_LABELS]
+        none = _number(r["NONE"], ann_path, ln, "NONE") == 1
+        if none and sum(flags) > 0:
+            continue
+        rows.append((int(_number(r["ROW_ID"], ann_path, ln, "ROW_ID")), [0.0] * 14 if none else flags))
     wanted = {rid for rid, _ in rows}
     texts: dict[int, str] = {}
-    with open(notes_path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"ROW_ID", "TEXT"} <= set(reader.fieldnames or []):
-            raise _err(notes_path, 1, "expected columns ROW_ID and TEXT")
-        for r in reader:
-            rid = int(_number(r["ROW_ID"], notes_path, reader.line_num, "ROW_ID"))
-            if rid in wanted:
-                texts[rid] = r["TEXT"]
+    reader = csv.DictReader(utf8_lines(notes_path))
+    if not {"ROW_ID", "TEXT"} <= set(reader.fieldnames or []):
+        raise err(notes_path, 1, "expected columns ROW_ID and TEXT")
+    for r in reader:
+        rid = int(_number(r["ROW_ID"], notes_path, reader.line_num, "ROW_ID"))
+        if rid in wanted:
+            texts[rid] = r["TEXT"]
     examples = [{"id": str(rid), "text": texts[rid], "labels": lab} for rid, lab in rows if rid in texts]
     tr, va, te = hf_three_way(len(examples), 0.2, 0.125, 42, val_first=False)
     return TaskData(
@@ -402,14 +320,14 @@ def _build_table(
     d = Path(data_dir)
     raw = {}
     for s in ("train", "val", "test"):
-        p = _find_split_file(d, s, exts)
+        p = find_split_file(d, s, exts)
         if p is None:
-            raise _err(d, None, f"no {'/'.join(_SPLIT_STEMS[s])} file ({', '.join(exts)})")
+            raise err(d, None, f"no {'/'.join(SPLIT_STEMS[s])} file ({', '.join(exts)})")
         rows = []
         for ln, rec in read(p):
             for key in (text_field, label_field):
                 if key not in rec or rec[key] is None:
-                    raise _err(p, ln, f"missing field {key!r}")
+                    raise err(p, ln, f"missing field {key!r}")
             value = rec[label_field]
             if isinstance(value, list):
                 names, is_list = [str(v) for v in value], True
@@ -435,7 +353,7 @@ def _build_table(
                 out.append({"id": rid, "text": text, "labels": hot})
             else:
                 if len(ids) != 1:
-                    raise _err(p, ln, f"single-label task: expected one label, got {names}")
+                    raise err(p, ln, f"single-label task: expected one label, got {names}")
                 out.append({"id": rid, "text": text, "label": ids[0]})
         splits[s] = out
     return TaskData(name, "multilabel" if multi else "classification", list(labels), **splits)
@@ -455,9 +373,15 @@ def build_csv(
     when all are integers), as `class_encode_column`."""
 
     def read(p: Path) -> list[tuple[int, dict]]:
-        with open(p, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter or ("\t" if p.suffix == ".tsv" else ","))
-            return [(reader.line_num, row) for row in reader]
+        reader = csv.DictReader(utf8_lines(p), delimiter=delimiter or ("\t" if p.suffix == ".tsv" else ","))
+        rows = []
+        for row in reader:
+            if None in row or None in row.values():
+                n = len(reader.fieldnames or [])
+                raise err(p, reader.line_num, f"expected {n} columns as in the header, got a row with "
+                                              f"{'more' if None in row else 'fewer'}")
+            rows.append((reader.line_num, row))
+        return rows
 
     return _build_table("csv", data_dir, read, (".csv", ".tsv"), text_field, label_field, multilabel, label_sep, labels)
 
@@ -475,17 +399,16 @@ def build_jsonl(
 
     def read(p: Path) -> list[tuple[int, dict]]:
         out = []
-        with open(p, encoding="utf-8") as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise _err(p, ln, f"expected one JSON object per line ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise _err(p, ln, "expected a JSON object")
-                out.append((ln, rec))
+        for ln, line in read_lines(p):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise err(p, ln, f"expected one JSON object per line ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise err(p, ln, f"expected a JSON object, got {type(rec).__name__}")
+            out.append((ln, rec))
         return out
 
     return _build_table(
@@ -495,69 +418,37 @@ def build_jsonl(
 
 # -------------------------------------------------------------------------------------------- registry
 _ALIASES = {"socialhistory": "social_history", "social-history": "social_history"}
+BUILDERS: dict[str, Callable[..., TaskData]] = {
+    "chemprot": build_chemprot,
+    "phenotype": build_phenotype,
+    "cos": brat.build_cos,
+    "social_history": brat.build_social_history,
+    "deid": deid.build_deid,
+    "conll": brat.build_conll,
+    "csv": build_csv,
+    "jsonl": build_jsonl,
+}
 
 
-def _builders() -> dict[str, Callable[..., TaskData]]:
-    from bcmb_jax import brat
-
-    return {
-        "chemprot": build_chemprot,
-        "phenotype": build_phenotype,
-        "cos": brat.build_cos,
-        "social_history": brat.build_social_history,
-        "deid": brat.build_deid,
-        "conll": brat.build_conll,
-        "csv": build_csv,
-        "jsonl": build_jsonl,
-    }
-
-
-def task_names() -> list[str]:
-    return list(_builders())
+def canonical(name: str) -> str:
+    """The registry name of a task (the paper's spellings ChemProt, SocialHistory, ... also work)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in BUILDERS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(BUILDERS)}")
+    return key
 
 
 def task_options(name: str) -> list[str]:
     """The keyword options a task's builder takes besides data_dir (e.g. ["labels"] for deid)."""
     import inspect
 
-    builder = _builders().get(_ALIASES.get(name.lower(), name.lower()))
-    if builder is None:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(_builders())}")
-    return [p for p in inspect.signature(builder).parameters if p != "data_dir"]
+    return [p for p in inspect.signature(BUILDERS[canonical(name)]).parameters if p != "data_dir"]
 
 
 def build_task(name: str, data_dir: str | Path, **options) -> TaskData:
-    """Build a task by name (chemprot, phenotype, cos, social_history, deid, conll, csv, jsonl; the
-    paper's spellings ChemProt, SocialHistory, ... also work). Options go to the builder."""
-    key = _ALIASES.get(name.lower(), name.lower())
-    builders = _builders()
-    if key not in builders:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(builders)}")
+    """Build a task by name (chemprot, phenotype, cos, social_history, deid, conll, csv, jsonl). Options go
+    to the builder."""
+    key = canonical(name)
     if not Path(data_dir).exists():
         raise TaskDataError(f"{data_dir}: data directory does not exist")
-    return builders[key](data_dir, **options)
-
-
-# ------------------------------------------------------------------------------------ learning rates
-PAPER_TASKS = ("chemprot", "phenotype", "cos", "social_history", "deid")
-# main.py's --lr default (BioClinical-ModernBERT repository); verified.
-CODE_DEFAULT_LR = 2e-5
-# The grid swept in the repository's scripts/run_task.sh (with wd 1e-5, 10 epochs, batch 16); verified.
-LR_SWEEP = (1e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 9e-5, 1e-4, 1.1e-4, 1.2e-4, 1.5e-4, 2e-4, 3e-4)
-# Table 5 of arXiv 2506.10896 (the learning rate selected per task and model size): no value could be
-# verified from any source reachable here, so every entry is None rather than a guess.
-PAPER_TABLE5_LR: dict[tuple[str, str], float | None] = {(t, s): None for t in PAPER_TASKS for s in ("base", "large")}
-
-
-def default_lr(task: str, size: str, *, strict: bool = False) -> float:
-    """Fine-tuning learning rate for (task, "base"|"large"): the paper's Table 5 value where verified,
-    otherwise main.py's default 2e-5 (strict=True raises instead)."""
-    key = (_ALIASES.get(task.lower(), task.lower()), size.lower())
-    if key[1] not in ("base", "large"):
-        raise ValueError(f"model size must be 'base' or 'large', got {size!r}")
-    lr = PAPER_TABLE5_LR.get(key)
-    if lr is None:
-        if strict:
-            raise KeyError(f"no verified Table 5 learning rate for {key}")
-        return CODE_DEFAULT_LR
-    return lr
+    return BUILDERS[key](data_dir, **options)

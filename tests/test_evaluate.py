@@ -12,8 +12,11 @@ import pytest
 from conftest import SHARED_DATA, hf_model
 
 import evaluate
+from bcmb_jax import encoding, finetune_jax
 from bcmb_jax import finetune as F
 from bcmb_jax.config import ModelConfig
+from bcmb_jax.metrics import IGNORE
+from bcmb_jax.results import result_paths
 
 WORDS = ("patient reports denies history of pain fever cough nausea with without mild severe since yesterday today "
          "left right chest abdomen").split()
@@ -97,7 +100,7 @@ def test_tokenization_matches_hf_alignment(which, tiny):
     tok_dir = tiny["tok"] if which == "tiny" else SHARED_DATA / "modernbert_tokenizer"
     if not tok_dir.is_dir():
         pytest.skip(f"{tok_dir} not available")
-    enc = F.load_encoder(tok_dir)
+    enc = encoding.load_encoder(tok_dir)
     hf = _hf_with_prefix_space(tok_dir)
     text = "Patient denies chest pain; @CHEMICAL$ inhibits @GENE$ (x2)."
     assert hf.convert_ids_to_tokens(enc.text([text])[0])[0].startswith("Ġ")  # the prefix space is there
@@ -105,7 +108,7 @@ def test_tokenization_matches_hf_alignment(which, tiny):
     tags = [0, 1, 2, 0, 1, 2, 2, 0]
     rows = [{"id": "a", "tokens": words, "tags": tags}]
     for max_length in (64, 9):  # 9: truncation cuts words off, which then leave the evaluation
-        (ex,), stats = F.encode_examples(rows, "ner", enc, max_length)
+        (ex,), stats = encoding.encode_examples(rows, "ner", enc, max_length)
         ref = hf(words, is_split_into_words=True, truncation=True, max_length=max_length)
         assert ex.ids.tolist() == ref["input_ids"]
         # The paper's tokenize_and_align_labels: the label on a word's first sub-token only.
@@ -118,7 +121,7 @@ def test_tokenization_matches_hf_alignment(which, tiny):
         assert ex.words == [words[w] for w in kept] and ex.tags == [tags[w] for w in kept]
         assert stats["dropped_words"] == len(words) - len(kept)
     assert stats["truncated_examples"] == 1 and len(ex.ids) == 9
-    (cls,), _ = F.encode_examples([{"id": "b", "text": text, "label": 1}], "classification", enc, 10)
+    (cls,), _ = encoding.encode_examples([{"id": "b", "text": text, "label": 1}], "classification", enc, 10)
     assert cls.ids.tolist() == hf(text, truncation=True, max_length=10)["input_ids"]
 
 
@@ -135,7 +138,7 @@ def test_packed_training_loss_and_predictions_equal_unpacked_runs(tiny):
     from flax import nnx
 
     from bcmb_jax import model as M
-    from bcmb_jax.finetune import Example
+    from bcmb_jax.encoding import Example
     from bcmb_jax.infer import encode
 
     rng = np.random.default_rng(0)
@@ -162,18 +165,18 @@ def test_packed_training_loss_and_predictions_equal_unpacked_runs(tiny):
         for i, x in enumerate(ids):
             if kind == "ner":
                 y = rng.integers(0, 3, len(x)).astype(np.int32)
-                y[rng.random(len(x)) < 0.4] = F.IGNORE
+                y[rng.random(len(x)) < 0.4] = IGNORE
                 batch.append(Example(str(i), x, token_labels=y))
             else:
                 lab = int(rng.integers(0, 3)) if kind == "classification" else (rng.random(3) < 0.5).astype(np.float32)
                 batch.append(Example(str(i), x, label=lab))
-        arrays = F.pack_batch(batch, kind, 3, 3, max_docs=8, budget=48)
-        assert arrays["input_ids"].shape[0] > 1 and arrays["input_ids"].shape[1] in F._LEN_BUCKETS
+        arrays = finetune_jax.pack_batch(batch, kind, 3, 3, max_docs=8, budget=48)
+        assert arrays["input_ids"].shape[0] > 1 and arrays["input_ids"].shape[1] in finetune_jax._LEN_BUCKETS
         assert (arrays["segment_ids"] > 0).sum() == sum(lengths)  # every token once, no truncation
         ref = refs[task]
         if kind == "ner":
-            logits = np.concatenate([r[e.token_labels != F.IGNORE] for r, e in zip(ref, batch)])
-            y = np.concatenate([e.token_labels[e.token_labels != F.IGNORE] for e in batch])
+            logits = np.concatenate([r[e.token_labels != IGNORE] for r, e in zip(ref, batch)])
+            y = np.concatenate([e.token_labels[e.token_labels != IGNORE] for e in batch])
             want = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits), jnp.asarray(y)).mean()
         elif kind == "classification":
             want = optax.softmax_cross_entropy_with_integer_labels(
@@ -181,7 +184,7 @@ def test_packed_training_loss_and_predictions_equal_unpacked_runs(tiny):
         else:
             want = optax.sigmoid_binary_cross_entropy(jnp.asarray(np.stack(ref)),
                                                       jnp.asarray(np.stack([e.label for e in batch]))).mean()
-        loss = nnx.jit(functools.partial(F.packed_loss, kind=kind))
+        loss = nnx.jit(functools.partial(finetune_jax.packed_loss, kind=kind))
         got = loss(models[task], {k: jnp.asarray(v) for k, v in arrays.items()})
         assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want))
 
@@ -221,11 +224,11 @@ class ScriptedBackend:
         self.restored = snap
 
 
-def _scripted_data(n_train: int) -> F.EncodedTask:
+def _scripted_data(n_train: int) -> encoding.EncodedTask:
     def ex(split, i):
-        return F.Example(f"{split}{i}", np.array([1, 5, 2], np.int32), label=0)
+        return encoding.Example(f"{split}{i}", np.array([1, 5, 2], np.int32), label=0)
 
-    return F.EncodedTask("toy", "classification", ["a", "b"], [ex("train", i) for i in range(n_train)],
+    return encoding.EncodedTask("toy", "classification", ["a", "b"], [ex("train", i) for i in range(n_train)],
                          [ex("val", i) for i in range(10)], [ex("test", i) for i in range(10)], max_length=8)
 
 
@@ -259,12 +262,12 @@ def test_fit_keeps_the_best_epoch_and_stops_on_patience():
 
 
 def test_seeds_change_order_and_head_and_weight_decay_follows_the_hf_trainer():
+    from flax import nnx
     from transformers import Trainer
 
     from bcmb_jax import model as M
     from bcmb_jax import optim
     from bcmb_jax import params as P
-    from bcmb_jax.trainer import split_model
 
     a, b = F.epoch_batches(50, 16, 42, 1), F.epoch_batches(50, 16, 43, 1)
     assert [len(x) for x in a] == [16, 16, 16, 2] and not all(np.array_equal(x, y) for x, y in zip(a, b))
@@ -275,11 +278,11 @@ def test_seeds_change_order_and_head_and_weight_decay_follows_the_hf_trainer():
     # No decay on exactly the tensors the HF Trainer exempts (LayerNorm weights, biases).
     cfg = ModelConfig(**{**TINY_MODEL, "num_labels": 3})
     decay_hf = set(Trainer.get_decay_parameter_names(None, hf_model("sequence", num_labels=3, **_hf_kw())))
-    mask = optim.weight_decay_mask(split_model(M.build(cfg, "sequence"))[1])
+    mask = nnx.to_pure_dict(optim.weight_decay_mask(nnx.split(M.build(cfg, "sequence"), nnx.Param, ...)[1]))
     for e in P.key_map(cfg, "sequence"):
         node = mask
         for p in e.path:
-            node = node[str(p)]
+            node = node[p]
         assert node == (e.hf in decay_hf), e.hf
 
 
@@ -326,10 +329,12 @@ def test_end_to_end_jax_and_torch_agree(task, data, seeds, epochs, tiny, tmp_pat
                      "--seeds", seeds, "--epochs", epochs, "--lr", "1e-3", "--results-dir", results, "batch_size=8",
                      *extra)
         assert rc == 0
-        path, pred_dir = F.result_paths(results, "tiny", backend, task)
+        path, pred_dir = result_paths(results, "tiny", backend, task)
         obj = out[backend] = json.loads(path.read_text())
         assert obj["task"] == task and obj["backend"] == backend and sorted(obj["seeds"]) == seeds.split(",")
         assert obj["config"]["lr"] == 1e-3 and obj["config"]["max_length"] == 512
+        assert obj["sources"]["lr"] == obj["sources"]["batch_size"] == "user" and obj["config"]["weight_decay"] == 1e-5
+        assert obj["sources"]["weight_decay"] == "paper" and obj["sources"]["seeds"] == "user"
         main = obj["main_metric"]
         for res in obj["seeds"].values():
             assert len(res["epochs"]) == epochs and all(len(e["losses"]) == 5 for e in res["epochs"])
@@ -400,3 +405,17 @@ def test_bad_input_gives_one_line_errors(tiny, tmp_path, capsys):
     assert "--seeds" in error("--task", "csv", "--data", tiny["csv"], "--seeds", "1,x")
     assert "--data" in error("--task", "csv")
     assert not (tmp_path / "res").exists()  # nothing half-written
+
+
+def test_stats_prints_table6_counted_the_papers_way(tiny, capsys):
+    assert run_cli("stats", "--task", "conll", "--data", tiny["conll"], "--tokenizer", tiny["tok"], "--json") == 0
+    out = capsys.readouterr().out.splitlines()
+    row = json.loads(out[-1])["conll"]
+    assert row["classes"] == 5 and list(row["examples"].values()) == list(SPLITS.values())
+    assert "conll (paper)" not in "\n".join(out)
+    enc = encoding.load_encoder(tiny["tok"], prefix_space=False)
+    train = [[w for w in block.split("\n") if w] for block in (tiny["conll"] / "train.txt").read_text().split("\n\n")]
+    want = np.mean([2 + sum(len(enc.tokenizer.encode(line.split("\t")[0], add_special_tokens=False).ids)
+                            for line in sent) for sent in train if sent])
+    assert abs(row["avg_tokens"]["train"] - want) < 1e-9
+    assert out[2].startswith(f"| conll (ours) | 5 | {SPLITS['train']} | {SPLITS['dev']} | {SPLITS['test']} |")

@@ -27,8 +27,8 @@ from convert_helpers import (
 import bcmb_jax
 from bcmb_jax import checkpoint as ckpt
 from bcmb_jax import params as P
-from bcmb_jax import pretrained as PT
 from bcmb_jax.config import ModelConfig
+from bcmb_jax.heads import HEADS
 
 pytestmark = [
     # orbax's tensorstore callbacks of the deliberately failed restore may land during a later test
@@ -56,7 +56,7 @@ def test_round_trip_is_bit_identical(tmp_path, task, dtype):
     assert cli("to-hf", tmp_path / "jax", tmp_path / "back") == 0
     assert_bit_identical(tensors(tmp_path / "hf" / "model.safetensors"),
                          tensors(tmp_path / "back" / "model.safetensors"))
-    assert (tmp_path / "back" / "README.md").read_text().count(PT.HF_ARCHITECTURE[task]) >= 2
+    assert (tmp_path / "back" / "README.md").read_text().count(HEADS[task].hf_architecture) >= 2
 
     # The original and the re-exported directory, loaded alike (`.to(bf16)` on a live model would also
     # round its RoPE buffers, which loading in bf16 does not), give the same outputs exactly.
