@@ -72,7 +72,7 @@ class FinetuneConfig:
     save_predictions: bool = opt(True, "write <task>/seed<N>/test_predictions.jsonl")
     eval_batch_size: int = opt(16, "torch: examples per evaluation batch (padded)")
     eval_tokens: int = opt(16384, "jax: tokens per packed evaluation call")
-    attention_backend: str | None = opt(None, "jax: blocked | reference | gpu; null = the model config's")
+    attention_backend: str | None = opt(None, "jax: blocked | reference | gpu; null = blocked")
     attn_implementation: str = opt("sdpa", "torch: sdpa | eager")
     torch_threads: int | None = opt(None, "torch: intra-op threads; null = torch's default")
 
@@ -504,9 +504,8 @@ class JaxBackend:
 
         self.kind, self.cfg, self.num_labels = data.kind, cfg, len(data.labels)
         self.budget = token_budget(data.train, cfg.batch_size)
-        overrides = {"attention_backend": cfg.attention_backend} if cfg.attention_backend else None
         model = pretrained.from_pretrained(model_path, task="token" if data.kind == "ner" else "sequence",
-                                           num_labels=self.num_labels, config_overrides=overrides)
+                                           num_labels=self.num_labels, runtime=cfg.attention_backend)
         self.mcfg = model.cfg
         model.train()
         self.graph_train, params, rest = trainer.split_model(model)

@@ -145,13 +145,14 @@ def infer_task(raw: dict[str, Any], task: str | None) -> str:
 
 def from_pretrained(path: str | Path, task: str | None = None, dtype: Any = jnp.float32, *,
                     num_labels: int | None = None, config_overrides: dict[str, Any] | None = None,
-                    strict: bool = False, seed: int = 0, remat: bool = False):
+                    strict: bool = False, seed: int = 0, remat: bool = False, runtime=None):
     """Loads an HF directory, hub id, JAX checkpoint directory or train run/step as an NNX model (eval mode).
 
     task: "mlm" | "sequence" | "token" | "base"; default from `config.architectures` (HF) or the
     saved task (JAX). Heads the checkpoint lacks (e.g. `classifier.*` when an MLM checkpoint is
     loaded for a task) are freshly initialised from `seed`; `strict=True` makes that an error.
-    `dtype` is the compute dtype; parameters are kept in float32.
+    `dtype` is the compute dtype; parameters are kept in float32. `runtime`: how the model computes
+    (`runtime.Runtime` or an attention backend name: "blocked" | "gpu" | "reference").
     """
     where = locate(resolve(path))
     cfg, raw = read_config(where.config.parent)
@@ -166,7 +167,7 @@ def from_pretrained(path: str | Path, task: str | None = None, dtype: Any = jnp.
                          raw.get("bcmb_jax", {}).get("task", task))
     else:
         sd, source = P.read_hf_weights(where.root), str(where.root)
-    model = build(cfg, task, seed=seed, dtype=dtype, remat=remat)
+    model = build(cfg, task, seed=seed, dtype=dtype, remat=remat, runtime=runtime)
     tree, report = P.hf_to_nnx(sd, cfg, task, source=source)
     allow = () if strict else ("classifier.", "head.", "decoder.")
     report.raise_if(source, allow_missing=allow) if strict else _check_backbone(report, source, allow)

@@ -42,7 +42,7 @@ def max_diff_valid(a, b, mask):
 @pytest.mark.parametrize("task", ["base", "mlm", "token"])
 def test_token_level_parity(tmp_path, task, backend):
     hf = hf_model(task, num_labels=5)
-    model = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), config_overrides={"attention_backend": backend})
+    model = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), runtime=backend)
     assert model.task == task and not model.load_report.missing and not model.load_report.unexpected
     ids, mask = padded_batch()
     out = model(ids, attention_mask=mask)
@@ -134,8 +134,8 @@ def test_packed_sequence_classification_pools_per_document(tmp_path):
 def test_reference_equals_blocked_at_2048():
     """Long packed rows: banded local + online-softmax global layers equal dense masks."""
     cfg = ModelConfig.from_hf_dict({**TINY, "max_position_embeddings": 4096})
-    ref_model = bcmb_jax.build(cfg.replace(attention_backend="reference"), "mlm", seed=3)
-    blk_model = bcmb_jax.build(cfg.replace(attention_backend="blocked", global_chunk=512), "mlm", seed=3)
+    ref_model = bcmb_jax.build(cfg, "mlm", seed=3, runtime="reference")
+    blk_model = bcmb_jax.build(cfg, "mlm", seed=3, runtime=bcmb_jax.Runtime("blocked", global_chunk=512))
     ids = rng_ids((1, 2048), seed=5)
     seg = np.repeat([1, 2, 3, 0], [900, 700, 400, 48])[None]
     a = np.asarray(ref_model(ids, segment_ids=seg).logits)
@@ -201,14 +201,11 @@ def test_folded_norms_compute_the_same_function():
     import jax
     from flax import nnx
 
-    from bcmb_jax.model import set_norm_folding
-
     cfg = ModelConfig.from_hf_dict({**TINY, "norm_bias": True, "attention_bias": True, "mlp_bias": True})
     ids = jnp.asarray(rng_ids((2, 40), seed=3), jnp.int32)
 
     def logits_and_grads(fold):
-        model = bcmb_jax.build(cfg, "mlm", seed=2)
-        set_norm_folding(model, fold)
+        model = bcmb_jax.build(cfg, "mlm", seed=2, runtime=bcmb_jax.Runtime("blocked", fold_norms=fold))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         seg, pos = jnp.ones_like(ids), jnp.broadcast_to(jnp.arange(40), (2, 40))
         f = lambda p: nnx.merge(graphdef, p, rest).model(ids, seg, pos)  # noqa: E731
