@@ -90,6 +90,10 @@ class TrainConfig:
         if self.model.attention_backend not in BACKENDS:
             raise ConfigError(f"model.attention_backend must be one of {BACKENDS}, "
                               f"got {self.model.attention_backend!r}")
+        moved = sorted({"attention_backend", "local_chunk", "global_chunk"} & set(self.model.overrides))
+        if moved:
+            raise ConfigError(f"model.overrides.{moved[0]}: not a config.json key; the attention backend is "
+                              "model.attention_backend")
 
     @property
     def accumulation(self) -> int:
