@@ -44,6 +44,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bcmb_jax import cli  # noqa: E402 - the checkout's package, via the line above
+from bcmb_jax.config import ConfigError  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -277,8 +280,6 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
 
     model = bcmb_jax.from_pretrained(job["model_dir"], task="mlm", dtype=jnp.dtype(job["dtype"]),
                                      remat=bool(job.get("remat")), runtime=jax_attention(job))
-    if hasattr(model, "load_report"):  # plain metadata, not model state
-        del model.load_report
     graphdef, params, rest = trainer.split_model(model)
     del model
     B, T = batch["input_ids"].shape
@@ -290,7 +291,7 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
         from flax import nnx
 
         def loss(p):
-            total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, trainer.int_keys(p), rest), jb, cap)
+            total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, p, rest), jb, cap)
             return total / count
 
         grad = jax.jit(jax.value_and_grad(loss))
@@ -452,7 +453,7 @@ def prepare_model(args, tmp: Path) -> tuple[Path, dict[str, Any]]:
     if args.model:
         d = Path(args.model)
         if not (d / "config.json").is_file():
-            sys.exit(f"--model {d}: expected a Hugging Face model directory with a config.json")
+            raise ConfigError(f"--model {d}: expected a Hugging Face model directory with a config.json")
         raw = json.loads((d / "config.json").read_text())
     else:
         import torch
@@ -589,7 +590,15 @@ def plots(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+
+@cli.command
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a Hugging Face model directory (any encoder for the torch backends; "
                                     "ModernBERT for jax); default: random weights of --size")
@@ -630,12 +639,11 @@ def main(argv=None) -> None:
     kinds = [k for k in args.sets.split(",") if k]
     if any(k not in ("fixed", "variable") for k in kinds):
         ap.error(f"--sets takes fixed and/or variable, got {args.sets!r}")
-    lengths = [int(x) for x in args.lengths.split(",") if x]
-    samples = [int(x) for x in args.samples.split(",") if x]
+    lengths, samples = _ints("--lengths", args.lengths), _ints("--samples", args.samples)
     if len(samples) not in (1, len(lengths)):
         ap.error(f"--samples takes one number or one per length ({len(lengths)}), got {args.samples!r}")
     samples_of = dict(zip(lengths, samples * len(lengths) if len(samples) == 1 else samples))
-    train_lengths = [int(x) for x in args.train_lengths.split(",") if x]
+    train_lengths = _ints("--train-lengths", args.train_lengths)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bcmb-bench-") as tmp_s:
@@ -662,7 +670,7 @@ def main(argv=None) -> None:
                 jobs += [{**base, "kind": "train", "backend": b, "set": name, "length": L,
                           "batch_rows": max(1, args.train_batch_tokens // L), "repeats": args.train_steps,
                           "warmup": max(1, args.train_warmup), "remat": args.remat} for b in train_backends]
-        for L in [int(x) for x in args.memory_lengths.split(",") if x]:
+        for L in _ints("--memory-lengths", args.memory_lengths):
             if L <= cfg["max_len"]:
                 jobs += [{**base, "kind": "fwdbwd", "backend": b, "set": f"fwdbwd_{L}_remat", "length": L,
                           "batch_rows": 1, "repeats": 1, "warmup": 1, "remat": True} for b in train_backends]
@@ -692,7 +700,8 @@ def main(argv=None) -> None:
         plots(results, out)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
     print(markdown(results, meta))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
