@@ -143,7 +143,7 @@ def test_gpu_remat_gives_the_same_gradients():
         graphdef, params, rest = trainer.split_model(bcmb_jax.build(cfg, "mlm", seed=1, remat=remat, runtime="gpu"))
 
         def loss(p):
-            model = nnx.merge(graphdef, trainer.int_keys(p), rest)
+            model = nnx.merge(graphdef, p, rest)
             total, count, _ = trainer.mlm_loss_sum(model, batch, cap=64)
             return total / count
 
