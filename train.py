@@ -126,22 +126,45 @@ def main(argv: list[str] | None = None) -> int:
     def done() -> bool:
         return step >= cfg.max_steps or (cfg.max_tokens is not None and tokens_seen >= cfg.max_tokens)
 
+    pending = []  # metrics of the steps since the last check, still on the device
+
+    def check() -> dict | None:
+        """The last step's metrics on the host, or None when a step since the last check was non-finite."""
+        got = jax.device_get([{k: v.addressable_data(0) for k, v in m.items()} for m in pending])
+        pending.clear()
+        for i, m in enumerate(got):
+            if not (m["finite"] and math.isfinite(float(m["loss"]))):
+                log.error("step %d: non-finite loss (%s) or weights; stopping without saving "
+                          "(last checkpoint: step %s)", step - len(got) + i + 1, m["loss"], ckpt.latest())
+                return None
+        return got[-1]
+
     while not done():
         # The schedule's time is what was consumed before this update (tokens or steps).
         t = tokens_seen if cfg.schedule.unit == "tokens" else step
         lr = peak * float(optim.lr_scale(cfg.schedule, t))
-        batch = sharding.global_batch(trainer.stack_micro(next(it), cfg.accumulation), mesh, row_axis=1)
+        rows = next(it)
+        batch = sharding.global_batch(trainer.stack_micro(rows, cfg.accumulation), mesh, row_axis=1)
         state, metrics = train_step(state, batch, np.float32(lr))
-        m = {k: v.addressable_data(0).item() for k, v in metrics.items()}  # replicated scalars
-        if not (m["finite"] and math.isfinite(float(m["loss"]))):
-            log.error("step %d: non-finite loss (%s) or weights; stopping without saving this state "
-                      "(last checkpoint: step %s)", step + 1, m["loss"], ckpt.latest())
-            status = 3
-            break
+        pending.append(metrics)
         step += 1
-        tokens_seen += int(m["tokens"])
-        speed.add(int(m["tokens"]))
-        if step % cfg.log_every == 0 or done():
+        if jax.process_count() == 1:  # all rows are here: count on the host, without waiting for the step
+            tokens = int((rows["segment_ids"] > 0).sum())
+        else:  # the global count, from the step
+            tokens = int(metrics["tokens"].addressable_data(0))
+        tokens_seen += tokens
+        speed.add(tokens)
+        stopping = stop["signal"] is not None
+        if jax.process_count() > 1:  # every host must agree, or the next collective would hang
+            stopping = bool(multihost_utils.process_allgather(np.int32(stopping)).max())
+        logging_now = step % cfg.log_every == 0 or done()
+        saving = step % cfg.checkpoint_every == 0 or done() or stopping
+        if logging_now or saving:  # the NaN guard reads the flags here, never a state it has not checked
+            m = check()
+            if m is None:
+                status = 3
+                break
+        if logging_now:
             rate = speed.read()
             values = {"loss": float(m["loss"]), "lr": lr, "tokens_per_s": rate, "tokens": tokens_seen,
                       "grad_norm": float(m["grad_norm"]), "masked_tokens": int(m["masked_tokens"]),
@@ -149,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_log.write(step, values)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
         bar.update(1)
-        stopping = stop["signal"] is not None
-        if jax.process_count() > 1:  # every host must agree, or the next collective would hang
-            stopping = bool(multihost_utils.process_allgather(np.int32(stopping)).max())
-        if step % cfg.checkpoint_every == 0 or done() or stopping:
+        if saving:
             ckpt.save(step, state, {"step": step, "tokens": tokens_seen}, it)
         if stopping:
             log.info("signal %s: checkpoint at step %d saved; exiting", stop["signal"], step)

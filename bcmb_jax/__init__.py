@@ -12,6 +12,7 @@ from bcmb_jax.model import (
 )
 from bcmb_jax.params import WeightsError
 from bcmb_jax.pretrained import from_pretrained, save_jax
+from bcmb_jax.runtime import Runtime
 
 __all__ = [
     "ConfigError",
@@ -21,6 +22,7 @@ __all__ = [
     "ModernBertForTokenClassification",
     "ModernBertModel",
     "Output",
+    "Runtime",
     "WeightsError",
     "build",
     "encode",

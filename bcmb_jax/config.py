@@ -30,7 +30,6 @@ class ConfigError(ValueError):
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"
 ACTIVATIONS = ("gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast", "silu", "swish", "relu")
-ATTENTION_BACKENDS = ("blocked", "reference", "gpu")
 
 
 @dataclass(frozen=True)
@@ -70,10 +69,6 @@ class ModelConfig:
     mask_token_id: int | None = None  # not an HF config field; kept when a tokenizer told us
     initializer_range: float = 0.02
     initializer_cutoff_factor: float = 2.0
-    # Not part of HF: how attention is computed (all backends give the same numbers).
-    attention_backend: str = "blocked"  # blocked | reference | gpu
-    local_chunk: int = 64  # query block of the banded local attention (>= half window)
-    global_chunk: int = 1024  # key block of the online-softmax global attention
 
     def __post_init__(self):
         if not self.layer_types:
@@ -127,10 +122,6 @@ class ModelConfig:
             bad("problem_type", f"{self.problem_type!r} is not a known problem type")
         if self.id2label and len(self.id2label) != self.num_labels:
             bad("id2label", f"has {len(self.id2label)} names for num_labels={self.num_labels}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
-        if self.local_chunk < self.window:
-            bad("local_chunk", f"({self.local_chunk}) must be >= the half window ({self.window})")
         for key in ("embedding_dropout", "mlp_dropout", "classifier_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 bad(key, f"must be in [0, 1), got {getattr(self, key)}")

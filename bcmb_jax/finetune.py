@@ -64,7 +64,7 @@ class FinetuneConfig:
     save_predictions: bool = opt(True, "write <task>/seed<N>/test_predictions.jsonl")
     eval_batch_size: int = opt(16, "torch: examples per evaluation batch (padded)")
     eval_tokens: int = opt(16384, "jax: tokens per packed evaluation call")
-    attention_backend: str | None = opt(None, "jax: blocked | reference | gpu; null = the model config's")
+    attention_backend: str | None = opt(None, "jax: blocked | reference | gpu; null = blocked")
     attn_implementation: str = opt("sdpa", "torch: sdpa | eager")
     torch_threads: int | None = opt(None, "torch: intra-op threads; null = torch's default")
 

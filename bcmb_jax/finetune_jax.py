@@ -122,9 +122,8 @@ class JaxBackend:
 
         self.kind, self.cfg, self.num_labels = data.kind, cfg, len(data.labels)
         self.budget = token_budget(data.train, cfg.batch_size)
-        overrides = {"attention_backend": cfg.attention_backend} if cfg.attention_backend else None
         model = pretrained.from_pretrained(model_path, task="token" if data.kind == "ner" else "sequence",
-                                           num_labels=self.num_labels, config_overrides=overrides)
+                                           num_labels=self.num_labels, runtime=cfg.attention_backend)
         self.mcfg = model.cfg
         model.train()
         self.graph_train, params, self.rest = nnx.split(model, nnx.Param, ...)

@@ -84,14 +84,16 @@ def fresh_state(cfg: ModelConfig, task: str, paths: list[tuple], **build_kwargs)
 
 def from_pretrained(path: str | Path, task: str | None = None, dtype: Any = jnp.float32, *,
                     num_labels: int | None = None, config_overrides: dict[str, Any] | None = None,
-                    strict: bool = False, seed: int = 0, remat: bool = False, output_loading_info: bool = False):
+                    strict: bool = False, seed: int = 0, remat: bool = False, output_loading_info: bool = False,
+                    runtime=None):
     """Loads an HF directory, hub id, JAX checkpoint directory or train run/step as an NNX model (eval mode).
 
     task: "mlm" | "sequence" | "token" | "base"; default from `config.architectures` (HF) or the
     saved task (JAX). Heads the checkpoint lacks (e.g. `classifier.*` when an MLM checkpoint is
     loaded for a task) are freshly initialised from `seed`; `strict=True` makes that an error.
     `dtype` is the compute dtype; parameters are kept in float32. With `output_loading_info=True`
-    returns (model, LoadReport) - the HF names the checkpoint lacked and those it had unused.
+    returns (model, LoadReport) - the HF names the checkpoint lacked and those it had unused. `runtime`: how the model
+    computes (`runtime.Runtime` or an attention backend name: "blocked" | "gpu" | "reference").
     """
     where = ckpt.locate(resolve(path))
     cfg, raw = ckpt.read_config(where)
@@ -100,7 +102,7 @@ def from_pretrained(path: str | Path, task: str | None = None, dtype: Any = jnp.
         cfg = cfg.replace(num_labels=num_labels, id2label=())
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
-    build_kwargs = dict(seed=seed, dtype=dtype, remat=remat)
+    build_kwargs = dict(seed=seed, dtype=dtype, remat=remat, runtime=runtime)
     graphdef, abstract, _ = abstract_model(cfg, task, **build_kwargs)
     hf_of = {e.path: e.hf for e in P.key_map(cfg, task)}
     if where.params is not None:

@@ -25,9 +25,10 @@ from flax import nnx
 
 from bcmb_jax import checkpoint as ckpt
 from bcmb_jax import optim, pretrained
+from bcmb_jax.attention import BACKENDS
 from bcmb_jax.config import ConfigError, ModelConfig, opt
 from bcmb_jax.data import DataConfig
-from bcmb_jax.model import build, set_norm_folding
+from bcmb_jax.model import build
 from bcmb_jax.optim import OptimConfig, ScheduleConfig
 from bcmb_jax.sharding import DistributedConfig, MeshConfig
 
@@ -41,11 +42,13 @@ class ModelSection:
     init: str | None = opt(None, "JAX checkpoint dir (convert_weights.py to-jax, or a previous run dir) or HF "
                                  "dir/hub id to start from; null = random init from `config`")
     config: str | None = opt(None, "HF config.json for a random init (ignored when `init` is set)")
-    overrides: dict[str, Any] = opt({}, "HF config keys set on top, e.g. {attention_backend: reference}")
+    overrides: dict[str, Any] = opt({}, "HF config keys set on top, e.g. {num_hidden_layers: 4}")
     init_optimizer_state: bool = opt(True, "seed StableAdamW moments from `init`/optimizer when present "
                                            "(the original run kept the stable-phase moments)")
     compute_dtype: str = opt("float32", "float32 | bfloat16 activations; parameters stay float32")
     remat: bool = opt(False, "recompute each layer in the backward pass (less memory, ~1/3 more compute)")
+    attention_backend: str = opt("blocked", "blocked (CPU kernels) | gpu (Pallas kernels, NVIDIA GPUs) | reference "
+                                            "(dense); see runtime.Runtime")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,13 @@ class TrainConfig:
                 raise ConfigError(f"`{key}` must be >= 1, got {getattr(self, key)}")
         if self.model.compute_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"model.compute_dtype must be float32 or bfloat16, got {self.model.compute_dtype!r}")
+        if self.model.attention_backend not in BACKENDS:
+            raise ConfigError(f"model.attention_backend must be one of {BACKENDS}, "
+                              f"got {self.model.attention_backend!r}")
+        moved = sorted({"attention_backend", "local_chunk", "global_chunk"} & set(self.model.overrides))
+        if moved:
+            raise ConfigError(f"model.overrides.{moved[0]}: not a config.json key; the attention backend is "
+                              "model.attention_backend")
 
     @property
     def accumulation(self) -> int:
@@ -114,10 +124,11 @@ def init_model(cfg: TrainConfig, mcfg: ModelConfig):
     dtype = jnp.dtype(cfg.model.compute_dtype)
     if cfg.model.init:
         model = pretrained.from_pretrained(cfg.model.init, task="mlm", dtype=dtype, seed=cfg.seed,
-                                           remat=cfg.model.remat, config_overrides=_overrides(cfg, mcfg))
+                                           remat=cfg.model.remat, config_overrides=_overrides(cfg, mcfg),
+                                           runtime=cfg.model.attention_backend)
         model.train()
         return model
-    return build(mcfg, "mlm", seed=cfg.seed, dtype=dtype, remat=cfg.model.remat)
+    return build(mcfg, "mlm", seed=cfg.seed, dtype=dtype, remat=cfg.model.remat, runtime=cfg.model.attention_backend)
 
 
 def _overrides(cfg: TrainConfig, mcfg: ModelConfig) -> dict:
@@ -129,9 +140,9 @@ def split_model(model, training: bool = True) -> tuple[nnx.GraphDef, dict, Any]:
     """(graphdef, params as a pure dict, the other state: dropout RNG streams).
 
     A `training` graph applies the layer norms as LayerNorms unless the model recomputes its layers
-    (`model.set_norm_folding`: the faster choice for XLA:CPU's backward pass).
+    (`runtime.normed_linear`: the faster choice for XLA:CPU's backward pass); `model` is not changed.
     """
-    set_norm_folding(model, fold=model.model.remat or not training)
+    model = nnx.with_attributes(model, runtime=model.runtime.replace(fold_norms=model.model.remat or not training))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, nnx.to_pure_dict(params), rest
 
@@ -162,7 +173,8 @@ def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024
     """Sum of cross-entropies over the masked positions (sparse prediction) and their count.
 
     The head and the tied decoder run only on the gathered masked positions, `chunk` at a time
-    with recomputation in the backward pass, so [tokens, vocab] logits never exist at once.
+    with recomputation in the backward pass, so [tokens, vocab] logits never exist at once. The
+    logits, softmax and sums are float32 also when the model computes in bfloat16.
     """
     labels_RT = batch["labels"]
     h_RTD = model.model(batch["input_ids"], batch["segment_ids"], batch["position_ids"])
@@ -181,7 +193,7 @@ def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024
 
     @jax.checkpoint
     def piece(h, y, v):
-        logits = model.mlm_logits(h).astype(jnp.float32)
+        logits = model.mlm_logits(h, jnp.float32)  # float32 logits and log-softmax whatever the compute dtype
         return jnp.where(v, optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(v, y, 0)), 0).sum()
 
     total = jax.lax.map(lambda a: piece(*a), (h_cND, y_cN, v_cN)).sum()
@@ -190,7 +202,13 @@ def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, seed: int):
-    """train_step(state, batch [accum, rows, T] arrays, lr) -> (state, metrics); jit it with donation."""
+    """train_step(state, batch [accum, rows, T] arrays, lr) -> (state, metrics); jit it with donation.
+
+    Mixed precision: the model computes in its compute dtype (bfloat16 on GPUs) from float32
+    parameters; gradients (accumulated over micro-batches), optimizer state, updates and the loss
+    are float32. `metrics` stay on the device: `finite` (loss and new weights) is for a guard that
+    reads it when it logs, so no step waits for the host.
+    """
     base_key = jax.random.key(seed)
 
     def train_step(state, batch, lr):

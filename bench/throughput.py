@@ -246,9 +246,9 @@ def gemm_peak(framework: str, gpu: bool, dtype: str = "float32") -> float:
 # JAX
 
 
-def jax_attention(job: dict) -> dict:
-    """The `gpu` attention backend (Pallas flash attention for global layers) on GPU, else the default."""
-    return {"attention_backend": "gpu"} if job["device_kind"] == "gpu" else {}
+def jax_attention(job: dict) -> str:
+    """The `gpu` attention backend (Pallas kernel for global and local layers) on GPU, else `blocked`."""
+    return "gpu" if job["device_kind"] == "gpu" else "blocked"
 
 
 def jax_infer(job: dict, docs: list[np.ndarray]) -> dict:
@@ -257,7 +257,7 @@ def jax_infer(job: dict, docs: list[np.ndarray]) -> dict:
     import bcmb_jax
 
     model = bcmb_jax.from_pretrained(job["model_dir"], task="base", dtype=jnp.dtype(job["dtype"]),
-                                     config_overrides=jax_attention(job))
+                                     runtime=jax_attention(job))
     L = job["length"]
 
     def run():
@@ -267,7 +267,7 @@ def jax_infer(job: dict, docs: list[np.ndarray]) -> dict:
     with PeakMemory("jax", job["device_kind"]) as mem:
         times = timed(run, 0, job["repeats"])
     return {"times_s": times, "peak_mem_mb": mem.mb, "memory": mem.how,
-            "rows_per_call": job["batch_rows"], "attention": model.cfg.attention_backend}
+            "rows_per_call": job["batch_rows"], "attention": model.runtime.attention_backend}
 
 
 def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
@@ -279,7 +279,7 @@ def jax_train(job: dict, batch: dict[str, np.ndarray]) -> dict:
     from bcmb_jax import optim, trainer
 
     model = bcmb_jax.from_pretrained(job["model_dir"], task="mlm", dtype=jnp.dtype(job["dtype"]),
-                                     remat=bool(job.get("remat")), config_overrides=jax_attention(job))
+                                     remat=bool(job.get("remat")), runtime=jax_attention(job))
     graphdef, params, rest = trainer.split_model(model)
     del model
     B, T = batch["input_ids"].shape

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcmb_jax.attention import allowed_mask, attention, pallas_global_attention, reference_attention
+from bcmb_jax.attention import allowed_mask, attention, reference_attention
+from bcmb_jax.pallas_attention import key_ranges, pallas_attention
 
 
 def qkv(B=2, T=300, N=3, K=16, seed=0):
@@ -59,13 +60,55 @@ def test_blocked_gradients_equal_reference(window):
         assert float(jnp.abs(a - b).max()) <= 1e-5
 
 
-def test_pallas_gpu_kernel_matches_in_interpret_mode():
-    """The GPU backend's kernel, run by the Pallas interpreter on CPU, computes the same attention."""
-    q, k, v = qkv(T=200)
-    seg = segments(200)
-    ref = reference_attention(q, k, v, seg, window=None, scale=0.25)
-    out = pallas_global_attention(q, k, v, seg, scale=0.25, interpret=True)
-    assert float(jnp.abs(out - ref)[np.asarray(seg) > 0].max()) <= 2e-6
+@pytest.mark.parametrize("window", [None, 8, 64])
+def test_pallas_kernel_equals_reference_in_interpret_mode(window):
+    """The `gpu` backend's kernel, run by the Pallas interpreter on CPU: values and gradients (float32)."""
+    q, k, v = qkv()
+    seg = segments()
+    w = jnp.cos(jnp.arange(16.0))
+    ref = lambda q, k, v: reference_attention(q, k, v, seg, window=window, scale=0.25)  # noqa: E731
+    pal = lambda q, k, v: attention(q, k, v, seg, window=window, backend="gpu", interpret=True)  # noqa: E731
+    diff = float(jnp.abs(pal(q, k, v) - ref(q, k, v)).max())
+
+    def loss(fn):
+        return lambda q, k, v: (fn(q, k, v) * w).sum()
+
+    g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+    g_pal = jax.grad(loss(pal), argnums=(0, 1, 2))(q, k, v)
+    gdiff = max(float(jnp.abs(a - b).max()) for a, b in zip(g_ref, g_pal))
+    print(f"pallas (interpret) vs reference, window {window}: values {diff:.1e}, gradients {gdiff:.1e}")
+    assert diff <= 2e-6 and gdiff <= 1e-5
+
+
+def test_key_ranges_are_the_mask():
+    """[k_start, k_end) per query, intersected with the query's segment, is `allowed_mask`."""
+    seg = segments()
+    j = jnp.arange(300)
+    for window in (None, 8):
+        ks, ke = key_ranges(seg, window)
+        in_range = (j[None, None] >= ks[..., None]) & (j[None, None] < ke[..., None])
+        same = seg[:, :, None] == seg[:, None, :]
+        assert bool(jnp.all((in_range & same) == allowed_mask(seg, window)))
+        assert bool(jnp.all(in_range <= same))  # contiguous segments: the range alone is exact
+
+
+def test_pallas_kernel_skips_key_blocks_out_of_range():
+    """Keys outside every query's range are never read: NaN there leaves the other outputs finite.
+
+    (A visited block would contribute 0 * NaN = NaN even under the mask.)
+    """
+    B, T, N, K = 1, 512, 2, 16
+    q, k, v = (x[:, :, :T] for x in qkv(B=B, T=T, N=N, K=K))
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # heads first
+    seg = jnp.asarray(np.repeat([[1, 2]], 256, axis=1))
+    poison = jnp.arange(T)[None, None, :, None] >= 256
+    v_nan = jnp.where(poison, jnp.nan, v)
+    out = pallas_attention(q, k, v_nan, seg, window=None, scale=0.25, interpret=True)
+    assert bool(jnp.isfinite(out[:, :, :256]).all()) and not bool(jnp.isfinite(out[:, :, 256:]).any())
+    # local layer, one document: queries 0..127 see keys up to 191, so key blocks from 256 on are skipped
+    one = jnp.ones((B, T), jnp.int32)
+    out = pallas_attention(q, k, v_nan, one, window=64, scale=0.25, interpret=True)
+    assert bool(jnp.isfinite(out[:, :, :128]).all())
 
 
 def test_gpu_backend_falls_back_on_cpu():

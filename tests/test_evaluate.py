@@ -143,12 +143,12 @@ def test_packed_training_loss_and_predictions_equal_unpacked_runs(tiny):
 
     rng = np.random.default_rng(0)
     lengths = [5, 17, 9, 30, 3, 12, 22, 8]
-    cfg = ModelConfig(**{**TINY_MODEL, "num_labels": 3, "attention_backend": "reference"})  # compiles faster
+    cfg = ModelConfig(**{**TINY_MODEL, "num_labels": 3})
     ids = [np.concatenate([[1], rng.integers(5, 600, n - 2), [2]]).astype(np.int32) for n in lengths]
     T = 32
     models, refs = {}, {}
     for task in ("sequence", "token"):
-        models[task] = M.build(cfg, task, seed=1)
+        models[task] = M.build(cfg, task, seed=1, runtime="reference")  # compiles faster
         rows = np.full((len(ids), T), 3, np.int32)
         for i, x in enumerate(ids):
             rows[i, :len(x)] = x

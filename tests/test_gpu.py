@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import hf_model, rng_ids, save_hf
+from flax import nnx
 
 import bcmb_jax
 from bcmb_jax.attention import attention, gpu_available, reference_attention
@@ -33,7 +34,7 @@ def seg_ids(T=300):
 
 @pytest.mark.parametrize("window", [None, 64])
 def test_gpu_backend_values_and_gradients(window):
-    """Pallas flash attention (global) and the vectorized banded kernel (local) on the GPU vs dense masks."""
+    """The Pallas kernel (Triton) for global and local layers on the GPU vs dense masks, float32."""
     q, k, v = qkv()
     seg = seg_ids()
     valid = np.asarray(seg) > 0
@@ -57,8 +58,8 @@ def test_model_on_gpu_matches_transformers(tmp_path):
     import torch
 
     hf = hf_model("mlm", **WIDE)
-    model = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), config_overrides={"attention_backend": "gpu"})
-    assert model.cfg.attention_backend == "gpu"
+    model = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), runtime="gpu")
+    assert model.runtime.attention_backend == "gpu"
     lengths = (300, 170, 41)
     ids = rng_ids((3, 300), seed=2)
     mask = (np.arange(300)[None] < np.asarray(lengths)[:, None]).astype(np.int64)
@@ -76,8 +77,8 @@ def test_model_on_gpu_matches_transformers(tmp_path):
 
 def test_bfloat16_on_gpu_close_to_float32(tmp_path):
     d = save_hf(hf_model("mlm", **WIDE), tmp_path)
-    f32 = bcmb_jax.from_pretrained(d, config_overrides={"attention_backend": "gpu"})
-    bf16 = bcmb_jax.from_pretrained(d, dtype=jnp.bfloat16, config_overrides={"attention_backend": "gpu"})
+    f32 = bcmb_jax.from_pretrained(d, runtime="gpu")
+    bf16 = bcmb_jax.from_pretrained(d, dtype=jnp.bfloat16, runtime="gpu")
     ids = rng_ids((2, 256), seed=4)
     a = np.asarray(f32(ids).logits)
     out = bf16(ids).logits
@@ -102,7 +103,7 @@ def test_train_steps_on_gpu_equal_cpu():
 
     def losses(device, backend):
         with jax.default_device(device):
-            model = bcmb_jax.build(cfg.replace(attention_backend=backend), "mlm", seed=0)
+            model = bcmb_jax.build(cfg, "mlm", seed=0, runtime=backend)
             graphdef, params, rest = trainer.split_model(model)
             tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3))
             state = trainer.init_state(params, tx)
@@ -118,3 +119,37 @@ def test_train_steps_on_gpu_equal_cpu():
     print(f"train losses gpu {gpu} cpu {cpu}")
     assert gpu[-1] < gpu[0]
     assert np.allclose(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_train_steps_follow_float32_on_gpu():
+    """The bf16 train step (gpu backend) against float32 on the same batch; tolerances of test_train_step."""
+    from test_train_step import compare
+
+    compare(ModelConfig.from_hf_dict({**dict(vocab_size=512, num_hidden_layers=4, local_attention=16,
+                                             max_position_embeddings=512, pad_token_id=0), **WIDE}), "gpu")
+
+
+def test_gpu_remat_gives_the_same_gradients():
+    """remat through jax.checkpoint (the gpu backend's path) changes memory, not numbers."""
+    from test_train_step import packed_batch
+
+    from bcmb_jax import trainer
+
+    cfg = ModelConfig.from_hf_dict({**dict(vocab_size=512, num_hidden_layers=4, local_attention=16,
+                                           max_position_embeddings=512, pad_token_id=0), **WIDE})
+    batch = {k: v[0] for k, v in packed_batch().items()}
+
+    def grads(remat):
+        graphdef, params, rest = trainer.split_model(bcmb_jax.build(cfg, "mlm", seed=1, remat=remat, runtime="gpu"))
+
+        def loss(p):
+            model = nnx.merge(graphdef, p, rest)
+            total, count, _ = trainer.mlm_loss_sum(model, batch, cap=64)
+            return total / count
+
+        return jax.jit(jax.grad(loss))(params)
+
+    worst = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(grads(False)),
+                                                             jax.tree.leaves(grads(True))))
+    print(f"gpu remat vs stored activations: grads max|d| = {worst:.2e}")
+    assert worst <= 1e-5

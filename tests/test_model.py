@@ -42,8 +42,7 @@ def max_diff_valid(a, b, mask):
 @pytest.mark.parametrize("task", ["base", "mlm", "token"])
 def test_token_level_parity(tmp_path, task, backend):
     hf = hf_model(task, num_labels=5)
-    model, info = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), config_overrides={"attention_backend": backend},
-                                           output_loading_info=True)
+    model, info = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), runtime=backend, output_loading_info=True)
     assert model.task == task and not info.missing and not info.unexpected
     ids, mask = padded_batch()
     out = model(ids, attention_mask=mask)
@@ -135,8 +134,8 @@ def test_packed_sequence_classification_pools_per_document(tmp_path):
 def test_reference_equals_blocked_at_2048():
     """Long packed rows: banded local + online-softmax global layers equal dense masks."""
     cfg = ModelConfig.from_hf_dict({**TINY, "max_position_embeddings": 4096})
-    ref_model = bcmb_jax.build(cfg.replace(attention_backend="reference"), "mlm", seed=3)
-    blk_model = bcmb_jax.build(cfg.replace(attention_backend="blocked", global_chunk=512), "mlm", seed=3)
+    ref_model = bcmb_jax.build(cfg, "mlm", seed=3, runtime="reference")
+    blk_model = bcmb_jax.build(cfg, "mlm", seed=3, runtime=bcmb_jax.Runtime("blocked", global_chunk=512))
     ids = rng_ids((1, 2048), seed=5)
     seg = np.repeat([1, 2, 3, 0], [900, 700, 400, 48])[None]
     a = np.asarray(ref_model(ids, segment_ids=seg).logits)
@@ -167,7 +166,8 @@ def test_bfloat16_compute_close_to_float32(tmp_path):
     assert max_diff_valid(b, a, mask) < 0.1 * float(np.abs(a).max())
 
 
-def test_remat_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("backend", ["blocked", "reference"])  # the hand-made recompute; jax.checkpoint
+def test_remat_gives_the_same_loss_and_gradients(backend):
     """Recomputing every layer in the backward pass changes memory, not numbers (trainer's loss)."""
     import jax
     from flax import nnx
@@ -183,7 +183,8 @@ def test_remat_gives_the_same_loss_and_gradients():
              {"input_ids": ids, "segment_ids": seg, "position_ids": pos, "labels": labels}.items()}
 
     def loss_and_grads(remat):
-        graphdef, params, rest = nnx.split(bcmb_jax.build(cfg, "mlm", seed=1, remat=remat), nnx.Param, ...)
+        model = bcmb_jax.build(cfg, "mlm", seed=1, remat=remat, runtime=backend)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p):
             total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, p, rest), batch, cap=64)
@@ -193,7 +194,7 @@ def test_remat_gives_the_same_loss_and_gradients():
 
     (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
     worst = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
-    print(f"remat vs stored activations: loss {abs(float(l0 - l1)):.2e}, grads max|d| = {worst:.2e}")
+    print(f"{backend} remat vs stored activations: loss {abs(float(l0 - l1)):.2e}, grads max|d| = {worst:.2e}")
     assert abs(float(l0 - l1)) <= 1e-6 and worst <= 1e-5
 
 
@@ -202,14 +203,11 @@ def test_folded_norms_compute_the_same_function():
     import jax
     from flax import nnx
 
-    from bcmb_jax.model import set_norm_folding
-
     cfg = ModelConfig.from_hf_dict({**TINY, "norm_bias": True, "attention_bias": True, "mlp_bias": True})
     ids = jnp.asarray(rng_ids((2, 40), seed=3), jnp.int32)
 
     def logits_and_grads(fold):
-        model = bcmb_jax.build(cfg, "mlm", seed=2)
-        set_norm_folding(model, fold)
+        model = bcmb_jax.build(cfg, "mlm", seed=2, runtime=bcmb_jax.Runtime("blocked", fold_norms=fold))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         seg, pos = jnp.ones_like(ids), jnp.broadcast_to(jnp.arange(40), (2, 40))
         f = lambda p: nnx.merge(graphdef, p, rest).model(ids, seg, pos)  # noqa: E731
@@ -219,3 +217,29 @@ def test_folded_norms_compute_the_same_function():
     gdiff = max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)))
     print(f"folded vs LayerNorm: hidden {float(jnp.abs(a - b).max()):.2e}, grads {gdiff:.2e}")
     assert float(jnp.abs(a - b).max()) <= 1e-5 and gdiff <= 1e-5
+
+
+def test_runtime_is_not_model_config():
+    """How the model computes is a run-time option: config.json keys only in ModelConfig, checked choices."""
+    assert not {"attention_backend", "local_chunk", "global_chunk"} & set(ModelConfig.__dataclass_fields__)
+    assert ModelConfig.from_hf_dict({**TINY, "attention_backend": "gpu"}) == ModelConfig.from_hf_dict(TINY)
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        bcmb_jax.Runtime("flash")
+    with pytest.raises(ValueError, match="remat_policy"):
+        bcmb_jax.Runtime(remat_policy="everything")
+    model = bcmb_jax.build(ModelConfig.from_hf_dict(TINY), "token", runtime="reference")
+    assert model.runtime == model.model.layers[1].attn.runtime == bcmb_jax.Runtime("reference")
+
+
+def test_gpu_kernel_model_equals_reference_in_interpret_mode():
+    """The whole model on the `gpu` backend's Pallas kernel (interpreted on CPU), packed rows, vs dense masks."""
+    cfg = ModelConfig.from_hf_dict(TINY)
+    ids = rng_ids((2, 96), seed=4)
+    seg = np.repeat([[1, 2, 0], [1, 1, 1]], [50, 40, 6], axis=1)
+    ref = bcmb_jax.build(cfg, "mlm", seed=5, runtime="reference")
+    pal = bcmb_jax.build(cfg, "mlm", seed=5, runtime=bcmb_jax.Runtime("gpu", interpret=True))
+    a = np.asarray(ref(ids, segment_ids=seg).logits)
+    b = np.asarray(pal(ids, segment_ids=seg).logits)
+    diff = float(np.abs(a - b)[seg > 0].max())
+    print(f"gpu kernel (interpret) vs reference model: max|d| = {diff:.2e}")
+    assert diff <= 1e-5
