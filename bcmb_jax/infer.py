@@ -143,7 +143,13 @@ def skips_other_documents(model) -> bool:
     and compute every block, as the Pallas kernel does)."""
     import jax
 
-    return model.cfg.attention_backend == "blocked" and jax.default_backend() == "cpu"
+    return attention_backend_of(model) == "blocked" and jax.default_backend() == "cpu"
+
+
+def attention_backend_of(model) -> str:
+    """The attention backend a model runs with (its run-time option, or its config's)."""
+    runtime = getattr(model, "runtime", None)
+    return getattr(runtime, "attention_backend", None) or getattr(model.cfg, "attention_backend", "blocked")
 
 
 def plan_rows(model, lengths: Sequence[int], *, row_len: int | None = None, batch_tokens: int = 16384,
