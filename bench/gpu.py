@@ -123,8 +123,8 @@ def write_report(out: Path, stages: list[dict], tests: dict, results: dict, prot
     name = "cpu" if meta["smoke"] else slug(device.replace("NVIDIA", "nvidia"))
     lines = [f"# GPU comparison: {device}, {meta['dtype']} ({meta['date']})", "",
              f"`bench/gpu.sh{' --cpu-smoke' if meta['smoke'] else ''}`: budget {meta['budget']:.0f} s, "
-             f"took {meta['took']:.0f} s. Random base-size weights, the same in both frameworks; real tokens/s, "
-             "median of the timed passes or steps after a warm-up.", "",
+             f"took {meta['took']:.0f} s. Random weights (the model of each protocol below), the same in both "
+             "frameworks; real tokens/s, median of the timed passes or steps after a warm-up.", "",
              "| stage | status | seconds | deadline (s from start) |", "|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.0f} | {s['deadline']:.0f} |" for s in stages]
     lines += ["", "## tests/test_gpu.py", "", f"{tests.get('status', 'not run')}", "", "```text",
@@ -132,7 +132,7 @@ def write_report(out: Path, stages: list[dict], tests: dict, results: dict, prot
     for stage in ("inference", "training"):
         lines += [f"## {stage.capitalize()}", "", protocols.get(stage, "not run"), ""]
         if results[stage]:
-            lines += report.table(results[stage])
+            lines += report.table(results[stage]) + [""]
     rmeta = report.meta_of(all_results, "", meta["dtype"], meta["date"])
     lines += ["", "Memory: " + rmeta["memory"] + " (JAX cannot reset its peak: a JAX figure is its process's "
               "peak so far, over the cases before it)",
