@@ -3,7 +3,8 @@
 1. write the embedded corpus (fictional clinical notes) and train a tokenizer on it;
 2. make a small random Hugging Face ModernBERT and convert it:  convert_weights.py to-jax;
 3. continue its MLM pretraining in JAX:                          train.py --config configs/demo.yaml;
-4. the run exports runs/demo/hf, which `transformers` loads: fill-mask and the MLM loss, before and after.
+4. the run exports runs/demo/hf, which `transformers` loads: the held-out MLM loss and fill-mask on
+   held-out sentences, the random initial model beside the trained one; runs/demo/loss_curve.png.
 
     python demo.py            # embedded corpus and tokenizer
     python demo.py --real     # ../shared/data: the real ModernBERT tokenizer and the pretrain_sample corpus
@@ -14,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -46,15 +49,10 @@ def prepare_data(real: bool) -> tuple[Path, list[str]]:
             {"name": "ade", "paths": [str(sample / "ade_corpus_v2" / "ADE-NEG.txt")], "format": "lines"},
         ]
         return REAL / "modernbert_tokenizer", [f"data.sources={json.dumps(sources)}"]
-    data = RUNS / "demo_data"
-    corpus = data / "clinical_notes.jsonl"
-    if not corpus.exists():
-        demo_data.write_corpus(corpus, n_docs=3000, seed=0)
-    if not (data / "tokenizer" / "tokenizer.json").exists():
-        demo_data.build_tokenizer([corpus], data / "tokenizer", vocab_size=4096)
+    corpus, tokenizer_dir = demo_data.ensure(RUNS / "demo_data")  # what configs/demo.yaml reads
     n_docs = sum(1 for _ in corpus.open())
-    print(f"corpus: {corpus} ({n_docs} fictional notes); tokenizer: {data / 'tokenizer'}")
-    return data / "tokenizer", []
+    print(f"corpus: {corpus} ({n_docs} fictional notes); tokenizer: {tokenizer_dir}")
+    return tokenizer_dir, []
 
 
 def random_hf_model(tokenizer_dir: Path, out: Path) -> None:
@@ -89,22 +87,85 @@ def loss_curve(run_dir: Path) -> list[dict]:
     return rows
 
 
-def held_out_texts(real: bool, n: int = 64) -> list[str]:
+def plot_loss(rows: list[dict], out: Path) -> Path:
+    """The training loss (and the learning rate) against the step, as a PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", marker=".", label="MLM loss")
+    ax.set(xlabel="step", ylabel="training MLM loss", title=f"{out.parent.name}: continued MLM pretraining")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="learning rate")
+    lr_ax.set_ylabel("learning rate", color="tab:orange")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return out
+
+
+# Held-out fill-mask: the last word of a sentence is masked. Shown: for each opening, the first held-out sentence
+# that starts with it (embedded corpus), or the first sentence of each held-out text (--real); the overall line
+# counts every such sentence ending. Only endings of one token qualify (one [MASK] stands for one token).
+OPENINGS = ("IMPRESSION:", "Exam is notable for", "PHYSICAL EXAMINATION: Vitals:", "Skin: IV site",
+            "DISCHARGE INSTRUCTIONS:", "P: Continue")
+N_SHOWN, N_OVERALL = len(OPENINGS), 300
+_LAST_WORD = re.compile(r"(.*\S)\s+([A-Za-z]+)(\.?)")
+
+
+def held_out_texts(real: bool, n: int = 64) -> tuple[str, list[str]]:
+    """(what they are, texts): documents in the style of the training corpus that the run never read."""
     from bcmb_jax import demo_data
 
     if real:
-        lines = (REAL / "pretrain_sample" / "ade_corpus_v2" / "ADE-NEG.txt").read_text(errors="replace").splitlines()
-        return [line.split(" ", 2)[-1] for line in lines[-n:]]
-    return [text for _, text in demo_data.generate_notes(n, seed=12345)]  # notes the run never saw
+        rel = (REAL / "pretrain_sample" / "ade_corpus_v2" / "DRUG-AE.rel").read_text(errors="replace")
+        sentences = list(dict.fromkeys(line.split("|")[1] for line in rel.splitlines() if line.count("|") >= 7))
+        return "ADE corpus sentences with a drug-adverse effect relation (DRUG-AE.rel, not a training source)", \
+            sentences[-n:]
+    return (f"{n} notes generated with another seed",
+            [text for _, text in demo_data.generate_notes(n, seed=12345)])
 
 
-def hf_mlm_loss(model_dir: Path, texts: list[str], rate: float = 0.15) -> float:
-    """transformers' own MLM loss on held-out text, 15% of the tokens masked ([MASK] only, fixed seed)."""
-    import torch
+def masked_sentences(texts: list[str], n_tokens) -> list[tuple[str, str, int]]:
+    """(sentence with its last word as [MASK], the word, index of its text) for every sentence ending in a
+    one-token word."""
+    out = []
+    for k, text in enumerate(texts):
+        for sentence in (s for line in text.splitlines() for s in re.split(r"(?<=\.)\s+", line.strip())):
+            m = _LAST_WORD.fullmatch(sentence)
+            if m and n_tokens(" " + m[2]) == 1:
+                out.append((f"{m[1]} [MASK]{m[3]}", m[2], k))
+    return out
+
+
+def shown_cases(cases: list[tuple[str, str, int]], real: bool) -> list[tuple[str, str, int]]:
+    if real:
+        return list({c[2]: c for c in reversed(cases)}.values())[::-1][:N_SHOWN]
+    return [next(c for c in cases if c[0].startswith(o)) for o in OPENINGS if any(c[0].startswith(o) for c in cases)]
+
+
+def load_hf(model_dir: Path):
     import transformers as tf
 
-    tok = tf.AutoTokenizer.from_pretrained(model_dir)
-    model = tf.AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    return tf.AutoTokenizer.from_pretrained(model_dir), tf.AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+
+
+def hf_mlm_loss(tok, model, texts: list[str], rate: float = 0.15) -> float:
+    """transformers' own MLM loss on held-out text, 15% of the tokens masked ([MASK] only, fixed seed)."""
+    import torch
+
     enc = tok(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
     gen = torch.Generator().manual_seed(0)
     special = torch.tensor([[t in tok.all_special_ids for t in row] for row in enc["input_ids"].tolist()])
@@ -114,6 +175,64 @@ def hf_mlm_loss(model_dir: Path, texts: list[str], rate: float = 0.15) -> float:
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=enc["attention_mask"], labels=labels).loss.item()
 
+
+def fill_mask(tok, model, prompts: list[str], k: int = 3, batch: int = 32) -> list[list[tuple[int, float]]]:
+    """The top-k (token id, probability) at the one [MASK] of each prompt."""
+    import torch
+
+    out = []
+    for j in range(0, len(prompts), batch):
+        enc = tok([p.replace("[MASK]", tok.mask_token) for p in prompts[j:j + batch]], padding=True,
+                  return_tensors="pt")
+        at = enc["input_ids"] == tok.mask_token_id
+        assert (at.sum(1) == 1).all(), "one [MASK] per prompt"
+        with torch.no_grad():
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        prob, ids = logits[at].float().softmax(-1).topk(k, dim=-1)
+        out += [list(zip(i, p)) for i, p in zip(ids.tolist(), prob.tolist())]
+    return out
+
+
+def compare(init_dir: Path, trained_dir: Path, real: bool) -> None:
+    """Held-out MLM loss and fill-mask, the random initial model beside the trained one."""
+    # Training gave every document a leading space (data.prefix_space, as ModernBERT's original run did).
+    # The demo tokenizer adds it itself; ModernBERT's released tokenizer does not, so --real texts carry it.
+    lead = " " if real else ""
+    what, texts = held_out_texts(real)
+    (_, init), (tok, trained) = load_hf(init_dir), load_hf(trained_dir)
+    print(f"held-out: {what}")
+    before, after = (hf_mlm_loss(tok, m, [lead + t for t in texts]) for m in (init, trained))
+    print(f"held-out MLM loss in transformers (15% masked): initial {before:.3f} -> trained {after:.3f}")
+
+    def n_tokens(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    every = masked_sentences(texts, n_tokens)
+    cases, every = shown_cases(every, real), every[:N_OVERALL]
+    models = {"initial": init, "trained": trained}
+    targets = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for _, w, _ in cases]
+    guesses = {name: fill_mask(tok, m, [lead + c for c, _, _ in cases]) for name, m in models.items()}
+    words = {i: tok.decode([i]).strip() or repr(tok.decode([i])) for g in guesses.values() for row in g
+             for i, _ in row}
+    width = min(10, max(len(w) for w in words.values()))
+
+    def cell(row: list[tuple[int, float]]) -> str:
+        return "  ".join(f"{words[i][:width]:<{width}} {p:4.2f}" for i, p in row)
+
+    print("fill-mask on held-out sentences, last word masked: top-3 with probabilities")
+    for n, ((shown, word, _), target) in enumerate(zip(cases, targets), 1):
+        print(f"{n:>2}. {shown if len(shown) <= 96 else '...' + shown[-93:]}  -> {word}")
+        marks = {k: "+" if g[n - 1][0][0] == target else " " for k, g in guesses.items()}
+        print(f"    initial {marks['initial']} {cell(guesses['initial'][n - 1])}   "
+              f"trained {marks['trained']} {cell(guesses['trained'][n - 1])}")
+    right = {k: sum(g[j][0][0] == t for j, t in enumerate(targets)) for k, g in guesses.items()}
+    all_targets = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for _, w, _ in every]
+    overall = {name: sum(g[0][0] == t for g, t in zip(fill_mask(tok, m, [lead + c for c, _, _ in every], k=1),
+                                                      all_targets)) / max(1, len(every))
+               for name, m in models.items()}
+    print(f"top-1 correct (+): initial {right['initial']}/{len(cases)}, trained {right['trained']}/{len(cases)}; "
+          f"on all {len(every)} held-out sentence endings: initial {overall['initial']:.0%}, "
+          f"trained {overall['trained']:.0%}")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,19 +267,12 @@ def main() -> None:
     rows = loss_curve(run_dir)
     first, last = rows[0]["loss"], rows[-1]["loss"]
     print(f"MLM loss (30% masking): {first:.3f} at step {rows[0]['step']} -> {last:.3f} at step {rows[-1]['step']}")
+    print(f"loss curve: {plot_loss(rows, run_dir / 'loss_curve.png')}")
 
-    banner("4. the exported checkpoint in PyTorch (transformers)")
+    banner("4. the exported checkpoint in PyTorch (transformers): random initial model vs trained")
     hf_dir = run_dir / "hf"
     print(f"{hf_dir}: {sorted(p.name for p in hf_dir.iterdir())}")
-    texts = held_out_texts(args.real)
-    before, after = hf_mlm_loss(hf_init, texts), hf_mlm_loss(hf_dir, texts)
-    print(f"held-out MLM loss in transformers (15% masking): random init {before:.3f} -> trained {after:.3f}")
-    fill = tf.pipeline("fill-mask", model=str(hf_dir), tokenizer=str(hf_dir))
-    mask = fill.tokenizer.mask_token
-    for sentence in (f"The patient was admitted with community-acquired{mask}.",
-                     f"Blood pressure 128/76, heart rate 88, oxygen saturation 97% on room{mask}."):
-        guesses = ", ".join(f"{g['token_str'].strip()!r} ({g['score']:.2f})" for g in fill(sentence, top_k=3))
-        print(f"fill-mask: {sentence}\n           -> {guesses}")
+    compare(hf_init, hf_dir, args.real)
     if not last < first:
         sys.exit("error: the MLM loss did not fall")
 

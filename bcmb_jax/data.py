@@ -119,29 +119,36 @@ def _special_names(tok_dir: Path) -> dict[str, str]:
     return names
 
 
-def _set_prefix_space(node: Any) -> bool:
-    """Sets add_prefix_space on every ByteLevel pre-tokenizer in a JSON tree; True if one was found."""
+def _set_prefix_space(node: Any, on: bool = True) -> bool:
+    """Sets add_prefix_space on every ByteLevel pre-tokenizer in a JSON tree (and, when `on` is False,
+    turns off a Metaspace that prepends a space to the text); True if a ByteLevel was found."""
     found = False
     if isinstance(node, dict):
         if node.get("type") == "ByteLevel":
-            node["add_prefix_space"] = True
+            node["add_prefix_space"] = on
             found = True
+        elif node.get("type") == "Metaspace" and node.get("replacement") == " " and not on:
+            node["prepend_scheme"] = "never"
         for v in node.values():
-            found |= _set_prefix_space(v)
+            found |= _set_prefix_space(v, on)
     elif isinstance(node, list):
         for v in node:
-            found |= _set_prefix_space(v)
+            found |= _set_prefix_space(v, on)
     return found
 
 
 def load_tokenizer(path: str | Path, prefix_space: bool = True, *, mask_token_id: int | None = None,
                    pad_token_id: int | None = None) -> TokenizerInfo:
     """Loads `path`/tokenizer.json. With `prefix_space`, ByteLevel pre-tokenizers get add_prefix_space=True,
-    which is what `AutoTokenizer.from_pretrained(..., add_prefix_space=True)` did in the original run."""
+    which is what `AutoTokenizer.from_pretrained(..., add_prefix_space=True)` did in the original run;
+    without it, no leading space is added."""
     from tokenizers import Tokenizer
 
     if not str(path):
         raise DataError("data.tokenizer is not set (expected a directory holding tokenizer.json)")
+    from bcmb_jax import demo_data
+
+    demo_data.ensure_default(path)  # configs/demo.yaml's runs/demo_data is written on first use
     path = Path(path).expanduser()
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
@@ -151,8 +158,8 @@ def load_tokenizer(path: str | Path, prefix_space: bool = True, *, mask_token_id
     except json.JSONDecodeError as e:
         raise DataError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
     byte_level = '"ByteLevel"' in json.dumps(spec.get("pre_tokenizer"))
-    if prefix_space and byte_level:
-        _set_prefix_space(spec["pre_tokenizer"])
+    if byte_level:
+        _set_prefix_space(spec["pre_tokenizer"], prefix_space)
     text = json.dumps(spec, sort_keys=True)
     tok = Tokenizer.from_str(text)
     names = _special_names(file.parent)

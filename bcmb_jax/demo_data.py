@@ -8,6 +8,10 @@ with a seeded random generator, so the same seed always gives the same corpus an
 writes OUT_DIR/clinical_notes.jsonl (one {"text", "type"} record per note, read by `bcmb_jax.data`
 with format auto and field "text") and OUT_DIR/tokenizer/ (loadable with
 `transformers.AutoTokenizer.from_pretrained`).
+
+`configs/demo.yaml` reads them from `runs/demo_data` under the working directory (`DEFAULT_DIR`);
+`bcmb_jax.data` writes them there on first use (3000 notes, seed 0, vocabulary 4096), so
+`train.py --config configs/demo.yaml` works in a fresh clone.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+DEFAULT_DIR = Path("runs") / "demo_data"  # relative to the working directory, as configs/demo.yaml reads it
+CORPUS_FILE, TOKENIZER_DIR = "clinical_notes.jsonl", "tokenizer"
+DEFAULTS = {"n_docs": 3000, "seed": 0, "vocab_size": 4096}  # what the first-use build writes
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4 in this order
 NOTE_TYPES = ("history_and_physical", "discharge_summary", "progress_note", "radiology_report", "nursing_note")
 
@@ -278,9 +286,15 @@ def write_corpus(path: str | Path, n_docs: int = 3000, seed: int = 0) -> Path:
 
 def build_tokenizer(corpus_files: Iterable[str | Path], out_dir: str | Path, vocab_size: int = 4096,
                     min_frequency: int = 2, field: str = "text") -> dict[str, int]:
-    """Trains a byte-level BPE (ModernBERT-style: NFC, ByteLevel without prefix space, `[CLS] $A [SEP]`)
-    on files `bcmb_jax.data` can read, saves a transformers-loadable tokenizer in `out_dir` and
-    returns the special-token ids ([UNK] 0, [CLS] 1, [SEP] 2, [PAD] 3, [MASK] 4)."""
+    """Trains a byte-level BPE on files `bcmb_jax.data` can read, saves a transformers-loadable tokenizer
+    in `out_dir` and returns the special-token ids ([UNK] 0, [CLS] 1, [SEP] 2, [PAD] 3, [MASK] 4).
+
+    ModernBERT-style: NFC, byte-level BPE, `[CLS] $A [SEP]`, and a `[MASK]` that absorbs the space
+    before it (lstrip). ModernBERT was pretrained with a leading space added to every document
+    (`data.prefix_space`); this tokenizer adds that space itself, to the start of the text only
+    (a Metaspace pre-tokenizer with prepend_scheme "first" whose replacement is the space), so a
+    prompt's first word tokenizes as it does inside a note, and the text after a `[MASK]` gets no
+    extra space (ByteLevel's add_prefix_space would add one after every added token)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     from bcmb_jax.data import SourceConfig, iter_documents
@@ -289,7 +303,9 @@ def build_tokenizer(corpus_files: Iterable[str | Path], out_dir: str | Path, voc
     docs = iter_documents(SourceConfig(name="tokenizer", paths=files, field=field))
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement=" ", prepend_scheme="first", split=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
     specials = [AddedToken(t, special=True, normalized=False, lstrip=t == "[MASK]") for t in SPECIAL_TOKENS]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
@@ -315,16 +331,50 @@ def build_tokenizer(corpus_files: Iterable[str | Path], out_dir: str | Path, voc
     return ids
 
 
+def ensure(out_dir: str | Path = DEFAULT_DIR, n_docs: int = DEFAULTS["n_docs"], seed: int = DEFAULTS["seed"],
+           vocab_size: int = DEFAULTS["vocab_size"]) -> tuple[Path, Path]:
+    """Writes whichever of `out_dir`/clinical_notes.jsonl and `out_dir`/tokenizer is missing (the same
+    bytes every time for the same arguments); returns (corpus file, tokenizer directory). The tokenizer
+    is built in a temporary sibling directory and renamed into place, so a reader never sees half of it."""
+    out = Path(out_dir)
+    corpus, tok_dir = out / CORPUS_FILE, out / TOKENIZER_DIR
+    if not corpus.is_file():
+        write_corpus(corpus, n_docs, seed)
+    if not (tok_dir / "tokenizer.json").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.", dir=out))
+        try:
+            build_tokenizer([corpus], tmp, vocab_size)
+            os.replace(tmp, tok_dir)  # replaces an empty directory, fails on a non-empty one
+        except OSError:
+            if not (tok_dir / "tokenizer.json").is_file():  # unless a concurrent build finished first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return corpus, tok_dir
+
+
+def ensure_default(path: str | Path) -> bool:
+    """First use of the demo data: when `path` (a tokenizer directory or file a config names) is the
+    default demo tokenizer, `runs/demo_data/tokenizer` under the working directory, and it or the corpus
+    is missing, writes both there with the defaults. True if `path` is that location."""
+    default = (Path.cwd() / DEFAULT_DIR / TOKENIZER_DIR).resolve()
+    p = Path(path).expanduser().resolve()
+    if p not in (default, default / "tokenizer.json"):
+        return False
+    ensure(DEFAULT_DIR)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Write the demo clinical-note corpus and its tokenizer.")
     ap.add_argument("out_dir")
-    ap.add_argument("--docs", type=int, default=3000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--docs", type=int, default=DEFAULTS["n_docs"])
+    ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    ap.add_argument("--vocab-size", type=int, default=DEFAULTS["vocab_size"])
     args = ap.parse_args(argv)
-    corpus = write_corpus(Path(args.out_dir) / "clinical_notes.jsonl", args.docs, args.seed)
-    ids = build_tokenizer([corpus], Path(args.out_dir) / "tokenizer", args.vocab_size)
-    print(json.dumps({"corpus": str(corpus), "tokenizer": str(Path(args.out_dir) / "tokenizer"), **ids}))
+    corpus = write_corpus(Path(args.out_dir) / CORPUS_FILE, args.docs, args.seed)
+    ids = build_tokenizer([corpus], Path(args.out_dir) / TOKENIZER_DIR, args.vocab_size)
+    print(json.dumps({"corpus": str(corpus), "tokenizer": str(Path(args.out_dir) / TOKENIZER_DIR), **ids}))
 
 
 if __name__ == "__main__":
