@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from conftest import TINY, rng_ids
@@ -58,10 +60,10 @@ def normal_lengths(L: int, n: int, seed: int = 0) -> list[int]:
     return np.clip(np.random.default_rng(seed).normal(L / 2, L / 8, n).astype(int), 16, L).tolist()
 
 
-class _Model:  # what plan_rows reads of a model
+class _Model:  # what plan_rows reads of a model: its config and its run-time attention backend
     def __init__(self, backend: str = "blocked"):
-        self.cfg = ModelConfig.from_hf_dict({**TINY, "max_position_embeddings": 8192}).replace(
-            attention_backend=backend)
+        self.cfg = ModelConfig.from_hf_dict({**TINY, "max_position_embeddings": 8192})
+        self.runtime = types.SimpleNamespace(attention_backend=backend)
 
 
 def check_plan(plan, lengths, batch_tokens):
