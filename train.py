@@ -4,9 +4,11 @@
     python train.py --config configs/demo.yaml run_dir=runs/try max_steps=50
     python train.py --help          # every config key and its meaning
 
-A run directory that already holds checkpoints resumes from the latest one: weights, optimizer
-state, step, token count and the data iterator, so the run continues with exactly the batches
-and masks it would have seen. SIGTERM/SIGINT (preemption) save a checkpoint and exit.
+A run directory that already holds checkpoints resumes from the latest one that restores: weights,
+optimizer state, step, token count and the data iterator, so the run continues with exactly the
+batches and masks it would have seen (a checkpoint that cannot be read is moved aside, never
+deleted). Nothing in an existing run is rewritten before the restore has succeeded.
+SIGTERM/SIGINT (preemption) save a checkpoint and exit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import argparse
 import json
 import logging
 import math
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -54,12 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     from jax.experimental import multihost_utils
     from tqdm import tqdm
 
-    from bcmb_jax import optim, params, pretrained, sharding, trainer
+    from bcmb_jax import atomic, checkpoint, optim, params, pretrained, sharding, trainer
 
     sharding.init_distributed(cfg.distributed)
     main_process = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(cfg.mesh)
     if cfg.micro_batch % mesh.size:
         print(f"error: micro_batch ({cfg.micro_batch}) must be a multiple of the device count ({mesh.size})",
@@ -67,29 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
-    # 1. The model, as a graph definition plus a sharded parameter tree.
+    # 1. The model, as a graph definition plus a sharded parameter tree (nothing is written yet).
     mcfg = trainer.model_config(cfg)
     model = trainer.init_model(cfg, mcfg)
     graphdef, host_params, rest = trainer.split_model(model)
-    axes = {tuple(str(p) for p in path): a for path, a in params.logical_axes(mcfg, "mlm").items()}
-    param_sh = sharding.param_shardings(host_params, axes, mesh, cfg.mesh.rules)
-    put = jax.jit(lambda p: p, out_shardings=param_sh)
-    state_params = put(host_params)
-    if main_process:
-        config = mcfg.to_hf_dict("ModernBertForMaskedLM")
-        config["bcmb_jax"] = {"task": "mlm", "dtype": "float32"}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (run_dir / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        if cfg.data.tokenizer:
-            tok_src = Path(cfg.data.tokenizer)
-            files = pretrained.tokenizer_files(tok_src if tok_src.is_dir() else tok_src.parent)
-            (run_dir / "tokenizer").mkdir(exist_ok=True)
-            for name, src in files.items():
-                shutil.copy2(src, run_dir / "tokenizer" / name)
+    param_sh = sharding.param_shardings(host_params, params.axes_tree(mcfg, "mlm"), mesh, cfg.mesh.rules)
+    state_params = jax.jit(lambda p: p, out_shardings=param_sh)(host_params)
 
     # 2. The optimizer (moments seeded from a converted Composer checkpoint when there are some).
     tx = optim.make_optimizer(cfg.optim)
-    moments = trainer.initial_moments(cfg)
+    moments = trainer.initial_moments(cfg, host_params)
     abstract = jax.eval_shape(lambda p: trainer.init_state(p, tx, None), state_params)
     state_sh = {"params": param_sh, "step": sharding.replicated(mesh),
                 "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
@@ -102,14 +89,27 @@ def main(argv: list[str] | None = None) -> int:
     it = trainer.make_batches(cfg, jax.process_index(), jax.process_count())
     cap = trainer.masked_cap(cfg.data.seq_len, cfg.data.mlm_probability, cfg.masked_cap_sigmas)
 
-    # 4. Resume from the latest checkpoint of this run, if any.
-    ckpt = trainer.Checkpoints(run_dir, cfg.keep_checkpoints)
-    tokens_seen = 0
-    if (latest := ckpt.latest()) is not None:
-        state, meta = ckpt.restore(latest, state, it)
+    # 4. Resume from the newest checkpoint of this run that restores, if any. Unfinished saves of a
+    #    killed run are removed, unreadable checkpoints moved aside; nothing else is touched before
+    #    the restore succeeded.
+    ckpt = checkpoint.Checkpoints(run_dir, cfg.keep_checkpoints)
+    tokens_seen, step = 0, 0
+    if (restored := ckpt.restore_latest(state, it)) is not None:
+        state, meta, step = restored
         tokens_seen = int(meta["tokens"])
-        log.info("resumed from step %d (%d tokens seen)", latest, tokens_seen)
-    step = latest or 0
+        log.info("resumed from step %d (%d tokens seen)", step, tokens_seen)
+    if main_process:
+        atomic.remove_stale_temps(run_dir)
+        atomic.write_text(run_dir / "config.json", json.dumps(pretrained.jax_config(mcfg, "mlm", "float32"),
+                                                                    indent=2) + "\n")
+        atomic.write_text(run_dir / "train_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if cfg.data.tokenizer:
+            tok_src = Path(cfg.data.tokenizer)
+            files = checkpoint.tokenizer_files(tok_src if tok_src.is_dir() else tok_src.parent)
+            with atomic.atomic(run_dir / "tokenizer", overwrite=True) as tmp:
+                tmp.mkdir()
+                for name, src in files.items():
+                    (tmp / name).write_bytes(src.read_bytes())
 
     train_step = jax.jit(trainer.make_train_step(graphdef, rest, tx, cap, cfg.seed), donate_argnums=0,
                          out_shardings=(state_sh, sharding.replicated(mesh)))
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    metrics_log = trainer.MetricsLog(run_dir, main_process)
+    metrics_log = trainer.MetricsLog(run_dir, main_process, resumed_at=step if restored is not None else None)
     speed = trainer.Throughput()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not main_process, dynamic_ncols=True, unit="step")
     peak = cfg.optim.lr

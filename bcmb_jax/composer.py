@@ -1,5 +1,5 @@
-"""Composer checkpoints of the ModernBERT / BioClinical training runs: safe loading, FlexBERT names and
-config, and the StableAdamW moments.
+"""Composer checkpoints of the ModernBERT / BioClinical training runs: FlexBERT names and config, the
+embedded tokenizer, and the StableAdamW moments - an adapter that yields HF-named arrays.
 
 A Composer checkpoint (`torch.save` of `{"state": State.state_dict(), "rng": [...]}`) holds:
 
@@ -7,30 +7,22 @@ A Composer checkpoint (`torch.save` of `{"state": State.state_dict(), "rng": [..
                             model.bert.final_norm.*, model.head.*, model.decoder.* (decoder.weight is the
                             token embedding matrix, tied)
     state["optimizers"]     {optimizer class name: torch optimizer state_dict}; parameters keyed by
-                            position (torch < 2.4: `optimizer.state_dict()`) or by name (torch >= 2.4:
-                            `get_optimizer_state_dict`)
+                            position (`optimizer.state_dict()`) or by name (Composer >= 0.20 with
+                            torch.distributed.checkpoint's `get_optimizer_state_dict`)
     state["integrations"]["huggingface"]   {"model": {"config": {"content": FlexBertConfig dict}},
-                                            "tokenizer": {file stem: {"file_extension", "content"}}}
-    state["timestamp"], state["schedulers"], state["callbacks"], ..., and "rng" beside "state"
+                                            "tokenizer": {file name (Composer >= 0.20) or file stem:
+                                                          {"file_extension", "content"}}}
+    state["timestamp"]      the counters, flat or (Composer >= 0.20) nested as {"Timestamp": {...}}
+    state["schedulers"], state["callbacks"], ..., and "rng" beside "state"
 
 FlexBERT names equal HF ModernBERT names after a prefix change (`bert.encoder.layers.N.` ->
-`model.layers.N.`, `bert.` -> `model.`), so `params.KEY_MAP` does the rest.
-
-Loading never runs code from the file: `safe_load` lists the pickle's globals statically
-(`pickletools`), refuses anything outside a short allow-list, and then unpickles with
-`torch.load(weights_only=True)`, where the allowed non-tensor objects are numpy arrays/scalars
-(the numpy RNG state), `datetime` values (the timestamp) and plain containers. Objects of
-training-loop packages (composer, torchmetrics, omegaconf, ...) are rebuilt as inert placeholders
-that only hold their data.
+`model.layers.N.`, `bert.` -> `model.`), so `params.KEY_MAP` does the rest. The file is read with
+`torch_files.safe_load`, which never runs code from it.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
-import pickletools
-import zipfile
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,127 +31,11 @@ import numpy as np
 
 from bcmb_jax import params as P
 from bcmb_jax.config import ConfigError, ModelConfig
+from bcmb_jax.torch_files import is_tensor, safe_load, torch_to_numpy
 
-# Packages whose objects (enums, small state holders) may appear in a training checkpoint but are
-# not needed here: they are rebuilt as `Inert` placeholders, never imported or run.
-INERT_PACKAGES = ("composer", "torchmetrics", "omegaconf", "streaming", "src", "transformers", "tokenizers",
-                  "optimi")
 MODERNBERT_SPECIAL_IDS = {"cls_token_id": 50281, "bos_token_id": 50281, "sep_token_id": 50282,
                           "eos_token_id": 50282, "pad_token_id": 50283, "mask_token_id": 50284}
 DROPPED_BUFFERS = ("rotary_emb.inv_freq", "rotary_emb._cos_cached", "rotary_emb._sin_cached")
-
-
-# ---------------------------------------------------------------------------------------------
-# Safe unpickling
-
-
-class Inert:
-    """Stands in for an object of a class this tool does not need: keeps the pickled data, runs nothing."""
-
-    pickle_name = "?"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.state = args, None
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<inert {self.pickle_name}>"
-
-
-def _real_globals() -> dict[str, Any]:
-    """Pickle globals rebuilt for real: value constructors that cannot run other code."""
-    from numpy._core import multiarray
-
-    out: dict[str, Any] = {}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x / 2.x pickles
-        out[f"{mod}._reconstruct"] = multiarray._reconstruct
-        out[f"{mod}.scalar"] = multiarray.scalar
-    out["numpy.ndarray"] = np.ndarray
-    out["numpy.dtype"] = np.dtype
-    for name in dir(np.dtypes):
-        if name.endswith("DType"):
-            out[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
-    for name in ("timedelta", "datetime", "date", "time", "timezone"):
-        out[f"datetime.{name}"] = getattr(datetime, name)
-    out["collections.defaultdict"] = defaultdict
-    for t in (list, dict, tuple, set, frozenset, int, float, bool, str):
-        out[f"builtins.{t.__name__}"] = t
-    return out
-
-
-def pickle_globals(path: Path) -> set[str]:
-    """The `module.name` globals a torch zip checkpoint's pickle refers to, read without unpickling."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-            if not names:
-                raise P.WeightsError(f"{path}: a zip file, but not a torch.save checkpoint (no data.pkl)")
-            data = zf.read(names[0])
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise P.WeightsError(f"{path}: cannot read PyTorch checkpoint ({e}); truncated or corrupt?") from None
-    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
-
-    found, ops = set(), set()
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            ops.add(op.name)
-            if op.name == "GLOBAL":
-                module, name = arg.split(" ", 1)
-                module, name = NAME_MAPPING.get((module, name), (IMPORT_MAPPING.get(module, module), name))
-                found.add(f"{module}.{name}")
-    except (ValueError, EOFError) as e:  # pickletools reports damage as ValueError
-        raise P.WeightsError(f"{path}: damaged pickle in the checkpoint ({e}); truncated or corrupt?") from None
-    for op in ("STACK_GLOBAL", "INST", "OBJ"):
-        if op in ops:
-            raise P.WeightsError(f"{path}: the pickle uses the {op} opcode, which the safe loader does not accept "
-                                 "(torch.save writes pickle protocol 2); nothing in it was executed")
-    return found
-
-
-def safe_load(path: str | Path) -> Any:
-    """Unpickles a `torch.save` zip checkpoint without running code from it (tensors on the CPU, mmapped).
-
-    Globals torch itself allows (tensors, storages, OrderedDict) and `_real_globals` are rebuilt;
-    those of `INERT_PACKAGES` become `Inert` placeholders; any other global (a function such as
-    `os.system`, an unknown class) makes the whole file refused before anything is unpickled.
-    """
-    import torch
-    from torch import _weights_only_unpickler as wou
-
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise P.WeightsError(f"{path}: not a PyTorch zip checkpoint (truncated or corrupt, or a legacy format)")
-    torch_ok = set(wou._get_allowed_globals())
-    real = _real_globals()
-    # All of `real`, found or not: objects are rebuilt only if their type is allowed (numpy dtype classes).
-    allowed: list[tuple[Any, str]] = [(obj, name) for name, obj in real.items()]
-    refused = []
-    for g in sorted(pickle_globals(path) - torch_ok - set(real)):
-        if g.split(".", 1)[0] in INERT_PACKAGES:
-            allowed.append((type("Inert_" + g.replace(".", "_"), (Inert,), {"pickle_name": g}), g))
-        else:
-            refused.append(g)
-    if refused:
-        raise P.WeightsError(f"{path}: refused to unpickle: it refers to {', '.join(refused)}, outside the "
-                             "allow-list (tensors, numpy arrays, datetime values, plain containers, inert "
-                             f"placeholders for {'/'.join(INERT_PACKAGES)} objects); nothing in it was executed")
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except wou.UnpicklingError as e:
-        text = " ".join(str(e).split())
-        why = text.split("WeightsUnpickler error:", 1)[-1].strip() or text[:200]
-        raise P.WeightsError(f"{path}: refused to unpickle ({why[:300]}); nothing in it was executed") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        msg = " ".join(str(e).split())[:300]
-        raise P.WeightsError(f"{path}: cannot read PyTorch checkpoint ({msg}); truncated or corrupt?") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,86 +59,104 @@ def hf_name(flex_name: str) -> str:
     return n
 
 
-def _flag(flex: dict, key: str, default: Any) -> Any:
-    v = flex.get(key, default)
-    return default if v is None and default is not None else v
+# FlexBertConfig's own defaults (ModernBERT src/bert_layers/configuration_bert.py, and the
+# transformers BertConfig it extends) for the keys this mapping reads: a config that omits a key
+# means this value.
+FLEXBERT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "max_position_embeddings": 512, "initializer_range": 0.02,
+    "attention_layer": "base", "attention_probs_dropout_prob": 0.0, "attn_out_bias": False, "attn_qkv_bias": False,
+    "bert_layer": "prenorm", "decoder_bias": True, "embed_dropout_prob": 0.0, "embed_norm": True,
+    "final_norm": False, "embedding_layer": "absolute_pos", "mlp_dropout_prob": 0.0, "mlp_in_bias": False,
+    "mlp_layer": "mlp", "mlp_out_bias": False, "norm_kwargs": {}, "normalization": "rmsnorm",
+    "head_class_dropout": 0.0, "head_pred_act": "silu", "head_pred_bias": False, "head_pred_norm": True,
+    "rotary_emb_dim": None, "rotary_emb_base": 10000.0, "rotary_emb_scale_base": None,
+    "rotary_emb_interleaved": False, "init_std": 0.02, "init_cutoff_factor": 2.0, "skip_first_prenorm": False,
+    "sliding_window": -1, "global_attn_every_n_layers": -1, "local_attn_rotary_emb_base": -1,
+    "local_attn_rotary_emb_dim": None, "tie_word_embeddings": True,
+}
 
 
 def hf_config_from_flexbert(flex: dict[str, Any], source: str = "FlexBERT config",
                             special_ids: dict[str, int] | None = None) -> dict[str, Any]:
     """An HF ModernBERT config.json dict from a FlexBERT config dict, as ModernBERT's HF converter maps it.
 
+    Missing keys take `FLEXBERT_DEFAULTS` (what FlexBertConfig itself would use).
     rotary_emb_base -> global theta, local_attn_rotary_emb_base (-1: same) -> local theta,
     sliding_window -> local_attention, norm_kwargs.eps/bias -> norm_eps/norm_bias, *_bias flags,
     head_pred_act -> classifier_activation (the MLM head's activation), pooling "mean" as the
     converter writes it, max_position_embeddings 8192 (FlexBERT's BERT-inherited 512 is unused with
     rotary embeddings). Architectures the Flax model does not implement raise a `ConfigError`.
     """
-    def bad(key, why):
-        raise ConfigError(f"{source}: FlexBERT `{key}` = {flex.get(key)!r} is not supported: {why}")
+    def get(key: str) -> Any:
+        return FLEXBERT_DEFAULTS[key] if flex.get(key) is None else flex[key]
 
-    def layer_kind(key, want, default):
-        v = str(_flag(flex, key, default))
+    def bad(key, why):
+        default = "" if flex.get(key) is not None else " (the default)"
+        raise ConfigError(f"{source}: FlexBERT `{key}` = {get(key)!r}{default} is not supported: {why}")
+
+    def layer_kind(key, want):
+        v = str(get(key))
         for pre in ("unpadded_", "padded_"):
             v = v[len(pre):] if v.startswith(pre) else v
         if v != want:
             bad(key, f"only {want!r} (the ModernBERT architecture) is implemented")
 
-    layer_kind("attention_layer", "rope", "base")
-    layer_kind("mlp_layer", "glu", "mlp")
-    layer_kind("embedding_layer", "sans_pos", "absolute_pos")
-    layer_kind("bert_layer", "prenorm", "prenorm")
-    if _flag(flex, "normalization", "rmsnorm") != "layernorm":
+    layer_kind("attention_layer", "rope")
+    layer_kind("mlp_layer", "glu")
+    layer_kind("embedding_layer", "sans_pos")
+    layer_kind("bert_layer", "prenorm")
+    if get("normalization") != "layernorm":
         bad("normalization", "only 'layernorm' is implemented")
     for key, want in (("final_norm", True), ("embed_norm", True), ("skip_first_prenorm", True),
                       ("head_pred_norm", True), ("rotary_emb_interleaved", False)):
-        if bool(_flag(flex, key, not want)) != want:
+        if bool(get(key)) != want:
             bad(key, f"only {want} is implemented")
-    if flex.get("rotary_emb_scale_base") is not None:
+    if get("rotary_emb_scale_base") is not None:
         bad("rotary_emb_scale_base", "XPos scaling is not implemented")
-    H, N = int(_flag(flex, "hidden_size", 768)), int(_flag(flex, "num_attention_heads", 12))
+    H, N = int(get("hidden_size")), int(get("num_attention_heads"))
     for key in ("rotary_emb_dim", "local_attn_rotary_emb_dim"):
-        if flex.get(key) not in (None, H // N):
+        if get(key) not in (None, H // N):
             bad(key, f"partial rotary embeddings are not implemented (head_dim is {H // N})")
-    if bool(flex.get("attn_qkv_bias", False)) != bool(flex.get("attn_out_bias", False)):
+    if bool(get("attn_qkv_bias")) != bool(get("attn_out_bias")):
         bad("attn_qkv_bias", "must equal attn_out_bias (HF has one attention_bias)")
-    if bool(flex.get("mlp_in_bias", False)) != bool(flex.get("mlp_out_bias", False)):
+    if bool(get("mlp_in_bias")) != bool(get("mlp_out_bias")):
         bad("mlp_in_bias", "must equal mlp_out_bias (HF has one mlp_bias)")
 
-    norm = flex.get("norm_kwargs") or {}
-    window = int(_flag(flex, "sliding_window", -1))
-    every = int(_flag(flex, "global_attn_every_n_layers", -1))
-    theta = float(_flag(flex, "rotary_emb_base", 10000.0))
-    local_theta = float(_flag(flex, "local_attn_rotary_emb_base", -1))
+    norm = get("norm_kwargs") or {}
+    window = int(get("sliding_window"))
+    every = int(get("global_attn_every_n_layers"))
+    theta = float(get("rotary_emb_base"))
+    local_theta = get("local_attn_rotary_emb_base")
     d = {
         "model_type": "modernbert",
-        "vocab_size": int(_flag(flex, "vocab_size", 30522)),
+        "vocab_size": int(get("vocab_size")),
         "hidden_size": H,
-        "intermediate_size": int(_flag(flex, "intermediate_size", 3072)),
-        "num_hidden_layers": int(_flag(flex, "num_hidden_layers", 12)),
+        "intermediate_size": int(get("intermediate_size")),
+        "num_hidden_layers": int(get("num_hidden_layers")),
         "num_attention_heads": N,
-        "max_position_embeddings": max(8192, int(_flag(flex, "max_position_embeddings", 512))),
+        "max_position_embeddings": max(8192, int(get("max_position_embeddings"))),
         # sliding_window -1: no local layers at all.
         "global_attn_every_n_layers": every if window != -1 and every > 0 else 1,
         "local_attention": window if window != -1 else 128,
         "global_rope_theta": theta,
-        "local_rope_theta": local_theta if local_theta not in (-1, None) else theta,
-        "hidden_activation": _flag(flex, "hidden_act", "gelu"),
-        "classifier_activation": _flag(flex, "head_pred_act", "silu"),
-        "norm_eps": float(norm.get("eps", 1e-5)),
+        "local_rope_theta": float(local_theta) if local_theta not in (-1, None) else theta,
+        "hidden_activation": get("hidden_act"),
+        "classifier_activation": get("head_pred_act"),
+        "norm_eps": float(norm.get("eps", 1e-5)),  # torch.nn.LayerNorm's defaults
         "norm_bias": bool(norm.get("bias", True)),
-        "attention_bias": bool(flex.get("attn_out_bias", False)),
-        "mlp_bias": bool(flex.get("mlp_in_bias", False)),
-        "classifier_bias": bool(flex.get("head_pred_bias", False)),
-        "decoder_bias": bool(_flag(flex, "decoder_bias", True)),
-        "attention_dropout": float(_flag(flex, "attention_probs_dropout_prob", 0.0)),
-        "embedding_dropout": float(_flag(flex, "embed_dropout_prob", 0.0)),
-        "mlp_dropout": float(_flag(flex, "mlp_dropout_prob", 0.0)),
-        "classifier_dropout": float(_flag(flex, "head_class_dropout", 0.0)),
+        "attention_bias": bool(get("attn_out_bias")),
+        "mlp_bias": bool(get("mlp_in_bias")),
+        "classifier_bias": bool(get("head_pred_bias")),
+        "decoder_bias": bool(get("decoder_bias")),
+        "attention_dropout": float(get("attention_probs_dropout_prob")),
+        "embedding_dropout": float(get("embed_dropout_prob")),
+        "mlp_dropout": float(get("mlp_dropout_prob")),
+        "classifier_dropout": float(get("head_class_dropout")),
         "classifier_pooling": "mean",
-        "initializer_range": float(_flag(flex, "init_std", _flag(flex, "initializer_range", 0.02))),
-        "initializer_cutoff_factor": float(_flag(flex, "init_cutoff_factor", 2.0)),
-        "tie_word_embeddings": bool(_flag(flex, "tie_word_embeddings", True)),
+        "initializer_range": float(flex.get("init_std", flex.get("initializer_range", 0.02))),
+        "initializer_cutoff_factor": float(get("init_cutoff_factor")),
+        "tie_word_embeddings": bool(get("tie_word_embeddings")),
     }
     if special_ids is None:
         special_ids = MODERNBERT_SPECIAL_IDS if d["vocab_size"] == 50368 else {
@@ -318,8 +212,6 @@ class ComposerCheckpoint:
 
 def read_checkpoint(path: str | Path) -> ComposerCheckpoint:
     """Reads a Composer `.pt` checkpoint (see the module docstring) with `safe_load`."""
-    from bcmb_jax.params import torch_to_numpy
-
     path = Path(path)
     obj = safe_load(path)
     state = obj.get("state") if isinstance(obj, dict) else None
@@ -329,7 +221,7 @@ def read_checkpoint(path: str | Path) -> ComposerCheckpoint:
     sd, dropped = {}, []
     for k, v in state["model"].items():
         name = hf_name(k)
-        if name.endswith(DROPPED_BUFFERS) or not _is_tensor(v):
+        if name.endswith(DROPPED_BUFFERS) or not is_tensor(v):
             dropped.append(k)
             continue
         if name in sd:
@@ -343,29 +235,38 @@ def read_checkpoint(path: str | Path) -> ComposerCheckpoint:
             content = json.loads(content)
         except json.JSONDecodeError:
             raise P.WeightsError(f"{path}: the embedded model config is not valid JSON") from None
-    tokenizer = {}
-    for stem, entry in (hf.get("tokenizer") or {}).items():
-        ext = entry.get("file_extension") if isinstance(entry, dict) else None
-        if ext not in (".json", ".txt") or "/" in stem or "\\" in stem or stem.startswith("."):
-            continue
-        content_t = entry.get("content")
-        tokenizer[stem + ext] = json.dumps(content_t, ensure_ascii=False) if ext == ".json" else "\n".join(content_t)
-
+    tokenizer = _tokenizer_files(hf.get("tokenizer") or {})
     optimizers = state.get("optimizers") or {}
     if len(optimizers) > 1:
         raise P.WeightsError(f"{path}: holds {len(optimizers)} optimizers ({sorted(optimizers)}); expected one")
     opt_name, opt_sd = next(iter(optimizers.items()), (None, None))
-    ts = state.get("timestamp") or {}
-    timestamp = {k: int(v) for k, v in ts.items() if isinstance(v, int | np.integer)} if isinstance(ts, dict) else {}
+    timestamp = _counters(state.get("timestamp"))
     run_name = state.get("run_name") if isinstance(state.get("run_name"), str) else None
     return ComposerCheckpoint(sd, content if isinstance(content, dict) else None, tokenizer, opt_sd, opt_name,
                               timestamp, run_name, dropped)
 
 
-def _is_tensor(x) -> bool:
-    import torch
+def _tokenizer_files(entries: dict) -> dict[str, str]:
+    """Embedded tokenizer files -> {file name: text}; keys are file names (Composer >= 0.20) or stems."""
+    out = {}
+    for key, entry in entries.items():
+        ext = entry.get("file_extension") if isinstance(entry, dict) else None
+        if ext not in (".json", ".txt") or not isinstance(key, str) or "/" in key or "\\" in key \
+                or key.startswith("."):
+            continue
+        name = key if key.endswith(ext) else key + ext
+        content = entry.get("content")
+        out[name] = json.dumps(content, ensure_ascii=False) if ext == ".json" else "\n".join(content)
+    return out
 
-    return isinstance(x, torch.Tensor)
+
+def _counters(ts: Any) -> dict[str, int]:
+    """The integer counters of Composer's timestamp state, flat or nested as {"Timestamp": {...}}."""
+    if isinstance(ts, dict) and len(ts) == 1 and isinstance(ts.get("Timestamp"), dict):
+        ts = ts["Timestamp"]
+    if not isinstance(ts, dict):
+        return {}
+    return {k: int(v) for k, v in ts.items() if isinstance(v, int | np.integer) and not isinstance(v, bool)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,8 +321,6 @@ def _group_names(groups: list[dict], entries: list[P.Entry], cfg: ModelConfig, s
 def moments_from_optimizer(opt_sd: dict[str, Any], cfg: ModelConfig, task: str, source: str,
                            name: str | None = None) -> Moments:
     """Adam-family moments of a torch optimizer state_dict, by HF parameter name; shapes verified."""
-    from bcmb_jax.params import torch_to_numpy
-
     if not isinstance(opt_sd, dict) or "state" not in opt_sd or "param_groups" not in opt_sd:
         raise P.WeightsError(f"{source}: the optimizer entry is not a torch optimizer state_dict")
     groups, state = opt_sd["param_groups"], opt_sd["state"]
@@ -494,47 +393,5 @@ def _hparams(groups: list[dict], name: str | None, step: int) -> dict[str, Any]:
     return out
 
 
-def save_moments(out: Path, moments: Moments, cfg: ModelConfig, task: str) -> None:
-    """Writes out/optimizer/ (orbax {count, mu, nu}, trees like params/) and out/optimizer.json."""
-    import orbax.checkpoint as ocp
-
-    mu, rep_mu = P.hf_to_nnx(moments.exp_avg, cfg, task, source="optimizer exp_avg")
-    nu, rep_nu = P.hf_to_nnx(moments.exp_avg_sq, cfg, task, source="optimizer exp_avg_sq")
-    rep_mu.raise_if("optimizer exp_avg")
-    rep_nu.raise_if("optimizer exp_avg_sq")
-
-    def str_keys(t):
-        return {str(k): str_keys(v) for k, v in t.items()} if isinstance(t, dict) else np.asarray(t, np.float32)
-
-    tree = {"count": np.asarray(moments.step, np.int64), "mu": str_keys(mu), "nu": str_keys(nu)}
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save((out / "optimizer").absolute(), tree)
-    info = dict(moments.hparams, missing_state=moments.missing)
-    (out / "optimizer.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def load_optimizer_moments(jax_dir: str | Path) -> tuple[int, dict, dict, dict[str, Any]]:
-    """(step, mu_tree, nu_tree, hparams) of a JAX checkpoint directory converted with `--optimizer-state`.
-
-    The trees have the structure of `pretrained.load_jax_tree(jax_dir)` (nested dicts, NNX paths,
-    int layer keys), float32; feed them to `optim.stable_adamw_state_from_moments(params, mu, nu,
-    step)`. hparams: optimizer.json (lr, betas, eps, weight_decay, max_lr, per-group settings).
-    """
-    from bcmb_jax.pretrained import restore_tree
-
-    d = Path(jax_dir)
-    if not (d / "optimizer").is_dir():
-        raise P.WeightsError(f"{d}: no optimizer/ (convert the Composer checkpoint with --optimizer-state)")
-    tree = restore_tree(d / "optimizer")
-    try:
-        hparams = json.loads((d / "optimizer.json").read_text())
-    except FileNotFoundError:
-        hparams = {}
-    except json.JSONDecodeError as e:
-        raise P.WeightsError(f"{d / 'optimizer.json'}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    return int(np.asarray(tree["count"])), tree["mu"], tree["nu"], hparams
-
-
-__all__ = ["safe_load", "pickle_globals", "read_checkpoint", "hf_name", "hf_config_from_flexbert",
-           "special_ids_from_tokenizer", "moments_from_optimizer", "save_moments", "load_optimizer_moments",
-           "ComposerCheckpoint", "Moments", "Inert", "INERT_PACKAGES"]
+__all__ = ["read_checkpoint", "hf_name", "hf_config_from_flexbert", "special_ids_from_tokenizer",
+           "moments_from_optimizer", "ComposerCheckpoint", "Moments", "FLEXBERT_DEFAULTS"]

@@ -3,7 +3,7 @@
 
 Both go through `params.KEY_MAP` and never change a value: float32 -> float32 and bfloat16 ->
 bfloat16 are copies (transposes for Linear weights), so HF -> JAX -> HF is bit-identical. Outputs
-are written to a temporary sibling and renamed at the end (`pretrained.atomic_dir`).
+are written to a temporary sibling and renamed at the end (`atomic.atomic`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from bcmb_jax import checkpoint as ckpt
 from bcmb_jax import composer as C
 from bcmb_jax import params as P
 from bcmb_jax import pretrained as PT
+from bcmb_jax.atomic import atomic
 from bcmb_jax.config import ModelConfig
 from bcmb_jax.model import TASKS
 
@@ -119,17 +122,18 @@ def _read_json(path: Path) -> dict:
 
 
 def _tokenizer_texts(directory: Path) -> dict[str, str]:
-    return {n: p.read_text(encoding="utf-8") for n, p in PT.tokenizer_files(directory).items()}
+    return {n: p.read_text(encoding="utf-8") for n, p in ckpt.tokenizer_files(directory).items()}
+
+
+def _moment_tree(sd: dict[str, np.ndarray], cfg: ModelConfig, task: str, name: str) -> dict:
+    """HF-named optimizer moments -> a float32 tree in the parameters' form."""
+    tree, report = P.hf_to_nnx(sd, cfg, task, source=f"optimizer {name}")
+    report.raise_if(f"optimizer {name}")
+    return _cast(tree, "float32")
 
 
 def _num_params(tree) -> int:
-    if isinstance(tree, dict):
-        return sum(_num_params(v) for v in tree.values())
-    return int(np.asarray(tree).size)
-
-
-def _num_tensors(tree) -> int:
-    return sum(_num_tensors(v) for v in tree.values()) if isinstance(tree, dict) else 1
+    return sum(int(np.asarray(x).size) for x in jax.tree.leaves(tree))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +160,7 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
     override = _read_json(Path(config)) if config is not None else {}
     tok_texts = _tokenizer_texts(Path(tokenizer)) if tokenizer is not None else None
     if tokenizer is not None and not tok_texts:
-        raise ConversionError(f"{tokenizer}: no tokenizer files ({', '.join(PT.TOKENIZER_FILES)})")
+        raise ConversionError(f"{tokenizer}: no tokenizer files ({', '.join(ckpt.TOKENIZER_FILES)})")
     moments = None
     source_info: dict[str, Any] = {"path": str(src)}
 
@@ -195,7 +199,7 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
         if list(directory.glob("*.distcp")):
             raise ConversionError(f"{directory}: a sharded (torch.distributed) Composer checkpoint; save or "
                                   "consolidate a monolithic .pt checkpoint and convert that")
-        where = PT.locate(directory)
+        where = ckpt.locate(directory)
         if where.params is not None:
             raise ConversionError(f"{directory}: already a JAX checkpoint ({where.kind}); use to-hf, or "
                                   "bcmb_jax.from_pretrained to load it")
@@ -225,16 +229,17 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
     source_info.update(dtype=source_dtype, converted=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                        tool="convert_weights.py to-jax")
 
-    def write(tmp: Path) -> None:
-        PT.write_jax_dir(tmp, tree, cfg, task, dtype, extra_config={"source": source_info})
-        for name, text in (tok_texts or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if moments is not None:
-            C.save_moments(tmp, moments, cfg, task)
-
-    out = PT.atomic_dir(Path(out), overwrite, write)
+    trees = None
+    if moments is not None:
+        mu, nu = (_moment_tree(m, cfg, task, name) for m, name in ((moments.exp_avg, "exp_avg"),
+                                                                  (moments.exp_avg_sq, "exp_avg_sq")))
+        trees = (moments.step, mu, nu, dict(moments.hparams, missing_state=moments.missing))
+    config = PT.jax_config(cfg, task, dtype, source=source_info)
+    with atomic(out, overwrite) as tmp:
+        ckpt.write_jax_dir(tmp, tree, config, texts=tok_texts, moments=trees)
+    out = Path(out)
     opt_info = dict(moments.hparams, missing_state=moments.missing) if moments is not None else None
-    return Result(source, kind, out, task, dtype, cfg, _num_tensors(tree), _num_params(tree),
+    return Result(source, kind, out, task, dtype, cfg, len(jax.tree.leaves(tree)), _num_params(tree),
                   sorted(tok_texts or {}), dropped, opt_info, time.time() - t0)
 
 
@@ -259,28 +264,33 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
     if src_path.is_file():
         raise ConversionError(f"{src_path}: to-hf takes a JAX checkpoint directory, a train run directory or "
                               "RUN_DIR/checkpoints/<step>, not a file")
-    where = PT.locate(src_path)
+    where = ckpt.locate(src_path)
     if where.params is None:
         raise ConversionError(f"{src_path}: already an HF directory (no params/); nothing to export")
-    cfg, raw = PT.read_config(where.config.parent)
+    cfg, raw = ckpt.read_config(where)
     info = raw.get("bcmb_jax") or {}
     saved_task = info.get("task", "mlm")
     task = task or saved_task
-    tree = PT.restore_tree(where.params)
-    if "classifier" in tree:
-        n = int(np.asarray(tree["classifier"]["bias"]).shape[0])
+    stored_classifier = ckpt.stored_arrays(where.params).get(("classifier", "bias"))
+    if stored_classifier is not None and task in ("sequence", "token"):
+        n = int(stored_classifier.shape[0])
         if n != cfg.num_labels:
             cfg = cfg.replace(num_labels=n, id2label=cfg.id2label if len(cfg.id2label) == n else ())
-    stored = _dtype_of(_leaves(tree))
+    _, abstract, _ = PT.abstract_model(cfg, task)
+    tree, missing, unexpected = ckpt.restore_tree(where.params, abstract, stored_dtype=True)
+    if missing:
+        names = [".".join(map(str, p)) for p in missing]
+        raise P.WeightsError(f"{where.params}: lacks parameters the {task!r} model needs: {names[:8]}"
+                             + (f" ({len(names)} in all)" if len(names) > 8 else ""))
+    stored = _dtype_of(jax.tree.leaves(tree))
     dtype = dtype or stored
-    total = sum(np.asarray(x).nbytes for x in _leaves(tree))
+    total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
     sd = P.nnx_to_hf(tree, cfg, task)
-    used = {".".join(map(str, e.path)) for e in P.key_map(cfg, task)}
-    dropped = sorted(k for k in _paths(tree) if k not in used)
+    dropped = sorted(".".join(p) for p in unexpected)
     sd = {k: _cast(sd[k], dtype) for k in _progress(list(sd), total, "converting", progress)}
     if task == "base":  # HF ModernBertModel names its tensors without the `model.` prefix
         sd = {k[len("model."):]: v for k, v in sd.items()}
-    files = PT.tokenizer_files(where.tokenizer) if where.tokenizer else {}
+    files = ckpt.tokenizer_files(where.tokenizer) if where.tokenizer else {}
     hf_config = cfg.to_hf_dict(PT.HF_ARCHITECTURE[task])
     hf_config["dtype"] = hf_config["torch_dtype"] = dtype
     kind = {"jax": "JAX directory", "run": f"train run, step {where.step}", "step": f"train step {where.step}"}
@@ -289,33 +299,16 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
                 "origin": info.get("source")}
     num_params = sum(int(v.size) for v in sd.values())
 
-    def write(tmp: Path) -> None:
+    with atomic(out, overwrite) as tmp:
         tmp.mkdir(parents=True)
         P.write_safetensors(sd, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         for name, path in files.items():
             (tmp / name).write_bytes(path.read_bytes())
         (tmp / "README.md").write_text(model_card(cfg, task, num_params, produced, out_name=Path(out).name))
-
-    out = PT.atomic_dir(Path(out), overwrite, write)
+    out = Path(out)
     return Result(str(src_path), kind[where.kind], out, task, dtype, cfg, len(sd), num_params, sorted(files),
                   dropped, None, time.time() - t0)
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
-
-
-def _paths(tree, prefix=""):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _paths(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}"
 
 
 def model_card(cfg: ModelConfig, task: str, num_params: int, produced: dict[str, Any], out_name: str) -> str:

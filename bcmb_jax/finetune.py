@@ -516,11 +516,11 @@ class JaxBackend:
         self.tx = optim.make_optimizer(optim.OptimConfig(
             name="adamw", lr=1.0, betas=list(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
             clip_grad_norm=cfg.clip_grad_norm or None))
-        graph, tx, kind, int_keys = self.graph_train, self.tx, self.kind, trainer.int_keys
+        graph, tx, kind = self.graph_train, self.tx, self.kind
 
         def step(params, opt_state, batch, lr, key):
             def loss_fn(p):
-                model = nnx.merge(graph, int_keys(p), trainer.fresh_rngs(rest, key))
+                model = nnx.merge(graph, p, trainer.fresh_rngs(rest, key))
                 return packed_loss(model, batch, kind)
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -555,9 +555,7 @@ class JaxBackend:
     def model(self):
         from flax import nnx
 
-        from bcmb_jax.trainer import int_keys
-
-        return nnx.merge(self.graph_eval, int_keys(self.params), self.rest)
+        return nnx.merge(self.graph_eval, self.params, self.rest)
 
     def predict(self, examples: list[Example]) -> list[np.ndarray]:
         from bcmb_jax.infer import encode
@@ -582,12 +580,12 @@ class JaxBackend:
 
 def model_info(model_path: str | Path, tokenizer: str | None) -> dict[str, Any]:
     """{"hidden_size", "context", "model_type", "tokenizer_dir", "is_jax"} of a JAX or HF model directory."""
-    from bcmb_jax import pretrained
+    from bcmb_jax import checkpoint
 
     d = Path(model_path)
     if not d.is_dir():
         raise FinetuneError(f"{d}: model directory does not exist")
-    where = pretrained.locate(d)
+    where = checkpoint.locate(d)
     try:
         raw = json.loads(where.config.read_text())
     except json.JSONDecodeError as e:

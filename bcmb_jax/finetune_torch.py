@@ -21,9 +21,9 @@ from bcmb_jax.finetune import IGNORE, EncodedTask, Example, FinetuneConfig, Fine
 
 def hf_directory(model_path: str | Path, work_dir: Path) -> Path:
     """An HF directory for `model_path`: itself, or a JAX checkpoint / train run exported into work_dir."""
-    from bcmb_jax import export, pretrained
+    from bcmb_jax import checkpoint, export
 
-    where = pretrained.locate(model_path)
+    where = checkpoint.locate(model_path)
     if where.params is None:
         return Path(model_path)
     return export.to_hf(model_path, work_dir / "hf", progress=False).out

@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules: StableAdamW, AdamW, the weight-decay mask, LR schedules.
 
 `stable_adamw` is torch-optimi's `StableAdamW` (the optimizer of the ModernBERT / BioClinical
-recipe) as an optax transformation; `adamw` is optax's AdamW for HF-Trainer-style fine-tuning.
+recipe) as an optax transformation; `optax.adamw` (torch's / the HF Trainer's AdamW: bias-corrected
+moments, eps outside the sqrt, decay coupled to the lr) serves HF-Trainer-style fine-tuning.
 `make_optimizer(OptimConfig)` builds either one under `optax.inject_hyperparams`, so a trainer can
 overwrite `opt_state.hyperparams["learning_rate"]` every step with `peak_lr * lr_scale(schedule, t)`.
 
@@ -182,27 +183,13 @@ def replace_stable_adamw_state(opt_state: Any, new: StableAdamWState) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight-decay mask and AdamW
+# Weight-decay mask
 
 
 def weight_decay_mask(params: optax.Params) -> Any:
     """True (decay) for tensors with ndim > 1: the recipe's filter (no decay for biases and norm
     scales, which are all 1-D in our trees; embeddings and the tied decoder are decayed)."""
     return jax.tree.map(lambda p: bool(np.ndim(p) > 1), params)
-
-
-def adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.01,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-) -> optax.GradientTransformation:
-    """AdamW as `torch.optim.AdamW` / the HF Trainer: bias-corrected moments, eps outside the sqrt,
-    decay lr * wd * p (coupled to the lr) where the mask is True. This is `optax.adamw`."""
-    return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                       mask=weight_decay_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +244,8 @@ def _stable_chain(learning_rate, b1, b2, eps, weight_decay, max_lr, clip_grad_no
 
 def _adamw_chain(learning_rate, b1, b2, eps, weight_decay, clip_grad_norm, weight_decay_mask):
     return optax.chain(_clip(clip_grad_norm),
-                       adamw(learning_rate, b1, b2, eps, weight_decay, weight_decay_mask))
+                       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                                   mask=weight_decay_mask))
 
 
 def make_optimizer(cfg: OptimConfig, peak_lr: float | None = None) -> optax.GradientTransformation:
@@ -383,10 +371,3 @@ def lr_scale(cfg: ScheduleConfig, t: Any) -> Any:
     else:
         after = _one_minus_sqrt(xp, t, total, d, cfg.alpha_f)
     return xp.where(t < w, warm, after)
-
-
-def make_schedule(cfg: ScheduleConfig, peak_lr: float) -> optax.Schedule:
-    """`t -> peak_lr * lr_scale(cfg, t)` as an optax schedule (jnp; t in `cfg.unit`)."""
-    def schedule(t):
-        return peak_lr * lr_scale(cfg, jnp.asarray(t))
-    return schedule

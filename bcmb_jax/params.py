@@ -4,21 +4,27 @@
 Each row: (HF name, NNX path, kind, logical axes). `{i}` expands to layer numbers; rows whose
 condition is false for a config (layer 0 has no attn_norm; biases that are off) are skipped.
 Kinds: "linear" (PyTorch [out, in] -> kernel [in, out], a transpose), "copy" (same layout).
-The logical axes name each dimension of the JAX array for sharding rules (`sharding.py`).
+The logical axes name what each dimension of the JAX array is, and fix its size (`AXIS_SIZES`);
+`sharding.py` maps them to mesh axes:
+
+    vocab   the vocabulary                    embed   the hidden size (the residual stream)
+    qkv     3 x hidden: queries, keys, values attn    num_heads x head_dim: the heads' outputs
+    mlp_in  2 x intermediate: GeGLU input and gate     mlp    the intermediate size
+    labels  the classifier's labels
+
+Parameters are nested pure dicts keyed by NNX path (`nnx.to_pure_dict(nnx.state(model, nnx.Param))`,
+layer indices as ints), the one form used in memory, in checkpoints and by the optimizer.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 from bcmb_jax.config import ModelConfig
 
@@ -29,34 +35,34 @@ ALWAYS: Cond = lambda cfg, i: True  # noqa: E731
 KEY_MAP: tuple[tuple[str, str, str, tuple[str | None, ...], Cond], ...] = (
     ("model.embeddings.tok_embeddings.weight", "model.embeddings.tok_embeddings.embedding", "copy",
      ("vocab", "embed"), ALWAYS),
-    ("model.embeddings.norm.weight", "model.embeddings.norm.scale", "copy", ("norm",), ALWAYS),
-    ("model.embeddings.norm.bias", "model.embeddings.norm.bias", "copy", ("norm",), lambda c, i: c.norm_bias),
-    ("model.layers.{i}.attn_norm.weight", "model.layers.{i}.attn_norm.scale", "copy", ("norm",),
+    ("model.embeddings.norm.weight", "model.embeddings.norm.scale", "copy", ("embed",), ALWAYS),
+    ("model.embeddings.norm.bias", "model.embeddings.norm.bias", "copy", ("embed",), lambda c, i: c.norm_bias),
+    ("model.layers.{i}.attn_norm.weight", "model.layers.{i}.attn_norm.scale", "copy", ("embed",),
      lambda c, i: i > 0),
-    ("model.layers.{i}.attn_norm.bias", "model.layers.{i}.attn_norm.bias", "copy", ("norm",),
+    ("model.layers.{i}.attn_norm.bias", "model.layers.{i}.attn_norm.bias", "copy", ("embed",),
      lambda c, i: i > 0 and c.norm_bias),
     ("model.layers.{i}.attn.Wqkv.weight", "model.layers.{i}.attn.Wqkv.kernel", "linear", ("embed", "qkv"),
      ALWAYS),
     ("model.layers.{i}.attn.Wqkv.bias", "model.layers.{i}.attn.Wqkv.bias", "copy", ("qkv",),
      lambda c, i: c.attention_bias),
-    ("model.layers.{i}.attn.Wo.weight", "model.layers.{i}.attn.Wo.kernel", "linear", ("heads", "embed"),
+    ("model.layers.{i}.attn.Wo.weight", "model.layers.{i}.attn.Wo.kernel", "linear", ("attn", "embed"),
      ALWAYS),
-    ("model.layers.{i}.attn.Wo.bias", "model.layers.{i}.attn.Wo.bias", "copy", ("norm",),
+    ("model.layers.{i}.attn.Wo.bias", "model.layers.{i}.attn.Wo.bias", "copy", ("embed",),
      lambda c, i: c.attention_bias),
-    ("model.layers.{i}.mlp_norm.weight", "model.layers.{i}.mlp_norm.scale", "copy", ("norm",), ALWAYS),
-    ("model.layers.{i}.mlp_norm.bias", "model.layers.{i}.mlp_norm.bias", "copy", ("norm",),
+    ("model.layers.{i}.mlp_norm.weight", "model.layers.{i}.mlp_norm.scale", "copy", ("embed",), ALWAYS),
+    ("model.layers.{i}.mlp_norm.bias", "model.layers.{i}.mlp_norm.bias", "copy", ("embed",),
      lambda c, i: c.norm_bias),
-    ("model.layers.{i}.mlp.Wi.weight", "model.layers.{i}.mlp.Wi.kernel", "linear", ("embed", "mlp"), ALWAYS),
-    ("model.layers.{i}.mlp.Wi.bias", "model.layers.{i}.mlp.Wi.bias", "copy", ("mlp",), lambda c, i: c.mlp_bias),
+    ("model.layers.{i}.mlp.Wi.weight", "model.layers.{i}.mlp.Wi.kernel", "linear", ("embed", "mlp_in"), ALWAYS),
+    ("model.layers.{i}.mlp.Wi.bias", "model.layers.{i}.mlp.Wi.bias", "copy", ("mlp_in",), lambda c, i: c.mlp_bias),
     ("model.layers.{i}.mlp.Wo.weight", "model.layers.{i}.mlp.Wo.kernel", "linear", ("mlp", "embed"), ALWAYS),
-    ("model.layers.{i}.mlp.Wo.bias", "model.layers.{i}.mlp.Wo.bias", "copy", ("norm",), lambda c, i: c.mlp_bias),
-    ("model.final_norm.weight", "model.final_norm.scale", "copy", ("norm",), ALWAYS),
-    ("model.final_norm.bias", "model.final_norm.bias", "copy", ("norm",), lambda c, i: c.norm_bias),
+    ("model.layers.{i}.mlp.Wo.bias", "model.layers.{i}.mlp.Wo.bias", "copy", ("embed",), lambda c, i: c.mlp_bias),
+    ("model.final_norm.weight", "model.final_norm.scale", "copy", ("embed",), ALWAYS),
+    ("model.final_norm.bias", "model.final_norm.bias", "copy", ("embed",), lambda c, i: c.norm_bias),
     # Prediction head (MLM and task models share the names).
-    ("head.dense.weight", "head.dense.kernel", "linear", ("embed", "heads"), ALWAYS),
-    ("head.dense.bias", "head.dense.bias", "copy", ("norm",), lambda c, i: c.classifier_bias),
-    ("head.norm.weight", "head.norm.scale", "copy", ("norm",), ALWAYS),
-    ("head.norm.bias", "head.norm.bias", "copy", ("norm",), lambda c, i: c.norm_bias),
+    ("head.dense.weight", "head.dense.kernel", "linear", ("embed", "embed"), ALWAYS),
+    ("head.dense.bias", "head.dense.bias", "copy", ("embed",), lambda c, i: c.classifier_bias),
+    ("head.norm.weight", "head.norm.scale", "copy", ("embed",), ALWAYS),
+    ("head.norm.bias", "head.norm.bias", "copy", ("embed",), lambda c, i: c.norm_bias),
     # MLM decoder: the weight is tied to the embeddings; only the bias is a parameter.
     ("decoder.bias", "decoder_bias", "copy", ("vocab",), lambda c, i: c.decoder_bias),
     # Task classifiers.
@@ -111,9 +117,18 @@ def module_order(cfg: ModelConfig, task: str) -> list[Entry]:
     return sorted(key_map(cfg, task), key=key)  # stable: within a layer, table order is module order
 
 
-def logical_axes(cfg: ModelConfig, task: str) -> dict[tuple, tuple[str | None, ...]]:
-    """NNX path -> logical axis names, for the sharding rules."""
-    return {e.path: e.axes for e in key_map(cfg, task)}
+def axes_tree(cfg: ModelConfig, task: str) -> dict:
+    """The logical axes of every parameter, as a nested dict shaped like the parameters."""
+    tree: dict = {}
+    for e in key_map(cfg, task):
+        _set(tree, e.path, e.axes)
+    return tree
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,10 +176,7 @@ def hf_to_nnx(sd: dict[str, np.ndarray], cfg: ModelConfig, task: str, source: st
         shape = want[::-1] if e.transpose else want
         if x.shape != shape:
             raise WeightsError(f"{source}: `{e.hf}` has shape {list(x.shape)}, expected {list(shape)}")
-        node = tree
-        for p in e.path[:-1]:
-            node = node.setdefault(p, {})
-        node[e.path[-1]] = np.ascontiguousarray(x.T) if e.transpose else x
+        _set(tree, e.path, np.ascontiguousarray(x.T) if e.transpose else x)
     report.unexpected = sorted(k for k in sd if k not in used)
     return tree, report
 
@@ -186,39 +198,14 @@ def nnx_to_hf(tree: dict, cfg: ModelConfig, task: str) -> dict[str, np.ndarray]:
 
 def expected_shape(e: Entry, cfg: ModelConfig) -> tuple[int, ...]:
     """Shape of the JAX array for a key-map entry."""
-    H, F, V, C = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_labels
-    dims = {"vocab": V, "embed": H, "norm": H, "qkv": 3 * H, "heads": H, "mlp": 2 * F, "labels": C}
-    if e.hf.endswith("mlp.Wo.weight"):
-        return (F, H)
-    return tuple(dims[a] for a in e.axes)
-
-
-def model_tree(model: nnx.Module) -> dict:
-    """The model's parameters as a nested pure dict of arrays (NNX paths)."""
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def assign(model: nnx.Module, tree: dict) -> None:
-    """Writes the arrays of a nested pure dict (possibly partial) into the model's parameters, in place."""
-    import jax.numpy as jnp
-
-    def walk(node, sub, path):
-        for k, v in sub.items():
-            if isinstance(v, dict):
-                walk(node[k], v, path + (k,))
-                continue
-            var = node[k]
-            value = jnp.asarray(v, dtype=var.get_value().dtype)
-            if value.shape != var.get_value().shape:
-                raise WeightsError(f"parameter {'.'.join(map(str, path + (k,)))}: shape {value.shape}, "
-                                   f"model expects {var.get_value().shape}")
-            var.set_value(value)
-
-    walk(nnx.state(model, nnx.Param), tree, ())
+    H, F = cfg.hidden_size, cfg.intermediate_size
+    sizes = {"vocab": cfg.vocab_size, "embed": H, "qkv": 3 * H, "attn": H, "mlp_in": 2 * F, "mlp": F,
+             "labels": cfg.num_labels}
+    return tuple(sizes[a] for a in e.axes)
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading PyTorch/HF weight files, safely.
+# Reading HF weight files (pickles through `torch_files.safe_load`).
 
 SAFE_NAMES = ("model.safetensors",)
 BIN_NAMES = ("pytorch_model.bin",)
@@ -256,41 +243,9 @@ def read_weight_file(path: str | Path) -> dict[str, np.ndarray]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{path}: cannot read safetensors file ({e}); truncated or corrupt?") from None
-    return {k: torch_to_numpy(v) for k, v in torch_load(path).items() if _is_tensor(v)}
+    from bcmb_jax.torch_files import load_tensors
 
-
-def torch_load(path: str | Path) -> Any:
-    """`torch.load(..., weights_only=True)`: a pickle that asks for any other object is refused unrun."""
-    import torch
-
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise WeightsError(f"{path}: not a PyTorch zip checkpoint (truncated or corrupt, or a legacy format)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: refused to unpickle: it needs objects outside the safe allow-list "
-                           f"({first}); nothing in it was executed") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({e}); truncated or corrupt?") from None
-
-
-def _is_tensor(x) -> bool:
-    import torch
-
-    return isinstance(x, torch.Tensor)
-
-
-def torch_to_numpy(t) -> np.ndarray:
-    """Bit-exact tensor -> numpy (bfloat16 via ml_dtypes)."""
-    import ml_dtypes
-    import torch
-
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
+    return load_tensors(path)
 
 
 def write_safetensors(sd: dict[str, np.ndarray], path: str | Path) -> None:

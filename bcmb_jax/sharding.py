@@ -1,9 +1,10 @@
 """Device mesh, logical-axis sharding rules and multi-host start-up.
 
 The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data parallelism whose
-parameters and optimizer state are sharded across the axis). Parameters carry logical axis
-names from the key map (`params.KEY_MAP`); `RULES` maps each name to a mesh axis or None.
-Batches are split over both axes along their row dimension.
+parameters and optimizer state are sharded across the axis). Every parameter's dimensions carry
+logical axis names in the key map (`params.KEY_MAP`, `params.axes_tree`: vocab, embed, qkv, attn,
+mlp_in, mlp, labels); `RULES` maps each name to a mesh axis or None. Batches are split over both
+axes along their row dimension.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ class MeshConfig:
     rules: dict[str, str | None] = opt({}, "logical axis -> mesh axis overrides, e.g. {vocab: fsdp}")
 
 
-# Logical axis -> mesh axis. Every matrix has one `embed` dimension, so FSDP shards every matrix
-# along the hidden size; vectors (norm scales, biases) are small and stay replicated.
+# Logical axis -> mesh axis, for the matrices. Every matrix has an `embed` (hidden size) dimension,
+# so FSDP shards every matrix along it (the first one, for the head's embed x embed dense layer).
+# Vectors (norm scales, biases) are small and always stay replicated.
 RULES: dict[str, str | None] = {
     "embed": "fsdp",
     "vocab": None,
     "qkv": None,
-    "heads": None,
+    "attn": None,
+    "mlp_in": None,
     "mlp": None,
-    "norm": None,
     "labels": None,
 }
 
@@ -65,9 +67,14 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
 
 def spec_for(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh,
              rules: dict[str, str | None] | None = None) -> P:
-    """PartitionSpec for an array with these logical axes; a dimension that does not divide stays whole."""
+    """PartitionSpec for an array with these logical axes; vectors and dimensions that do not divide stay whole."""
     rules = {**RULES, **(rules or {})}
-    out = []
+    unknown = sorted({a for a in axes if a is not None and a not in rules})
+    if unknown:
+        raise ConfigError(f"mesh.rules: unknown logical axes {unknown}; known: {sorted(RULES)}")
+    if len(shape) < 2:
+        return P()
+    out: list[str | None] = []
     for name, size in zip(axes, shape):
         axis = rules.get(name) if name else None
         if axis is not None and (size % mesh.shape[axis] or axis in out):
@@ -76,17 +83,16 @@ def spec_for(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh,
     return P(*out)
 
 
-def param_shardings(tree: dict, axes_by_path: dict[tuple, tuple], mesh: Mesh,
-                    rules: dict[str, str | None] | None = None) -> dict:
-    """NamedShardings for a nested parameter dict, from the key map's logical axes."""
+def param_specs(params: dict, axes: dict, mesh: Mesh, rules: dict[str, str | None] | None = None) -> dict:
+    """PartitionSpecs for a parameter tree (arrays or ShapeDtypeStructs) from its axes tree (`params.axes_tree`)."""
+    return jax.tree.map(lambda x, a: spec_for(a, x.shape, mesh, rules), params, axes,
+                        is_leaf=lambda a: isinstance(a, tuple))
 
-    def walk(node, path):
-        if isinstance(node, dict):
-            return {k: walk(v, path + (k,)) for k, v in node.items()}
-        axes = axes_by_path.get(path, (None,) * np.ndim(node))
-        return NamedSharding(mesh, spec_for(axes, np.shape(node), mesh, rules))
 
-    return walk(tree, ())
+def param_shardings(params: dict, axes: dict, mesh: Mesh, rules: dict[str, str | None] | None = None) -> dict:
+    """NamedShardings for a parameter tree, from its axes tree."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, axes, mesh, rules),
+                        is_leaf=lambda s: isinstance(s, P))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, row_axis: int = 0) -> NamedSharding:

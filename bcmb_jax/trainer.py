@@ -23,8 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from bcmb_jax import checkpoint as ckpt
 from bcmb_jax import optim, pretrained
-from bcmb_jax import params as P
 from bcmb_jax.config import ConfigError, ModelConfig, opt
 from bcmb_jax.data import DataConfig
 from bcmb_jax.model import build, set_norm_folding
@@ -94,19 +94,9 @@ class TrainConfig:
 # Model and state
 
 
-def str_keys(tree):
-    return {str(k): str_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
-
-
-def int_keys(tree):
-    if not isinstance(tree, dict):
-        return tree
-    return {(int(k) if isinstance(k, str) and k.isdigit() else k): int_keys(v) for k, v in tree.items()}
-
-
 def model_config(cfg: TrainConfig) -> ModelConfig:
     if cfg.model.init:
-        mcfg, _ = pretrained.read_config(pretrained.resolve(cfg.model.init))
+        mcfg, _ = pretrained.model_config(cfg.model.init)
     elif cfg.model.config:
         mcfg = ModelConfig.from_json(cfg.model.config)
     else:
@@ -119,24 +109,14 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     return mcfg
 
 
-def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / "checkpoints").is_dir() and (Path(path) / "config.json").is_file()
-
-
 def init_model(cfg: TrainConfig, mcfg: ModelConfig):
-    """The MLM model: weights from `model.init` (a run dir, JAX or HF checkpoint) or random from `seed`."""
+    """The MLM model (train mode): weights from `model.init` (a run dir, JAX or HF checkpoint) or random from `seed`."""
     dtype = jnp.dtype(cfg.model.compute_dtype)
-    if cfg.model.init and is_run_dir(cfg.model.init):
-        model = build(mcfg, "mlm", seed=cfg.seed, dtype=dtype, remat=cfg.model.remat)
-        step = Checkpoints(Path(cfg.model.init), 1).latest()
-        if step is None:
-            raise ConfigError(f"model.init: {cfg.model.init} has no finished checkpoint")
-        tree = pretrained.load_jax_tree(Path(cfg.model.init) / "checkpoints" / str(step))
-        P.assign(model, tree)
-        return model
     if cfg.model.init:
-        return pretrained.from_pretrained(cfg.model.init, task="mlm", dtype=dtype, seed=cfg.seed,
-                                          remat=cfg.model.remat, config_overrides=_overrides(cfg, mcfg))
+        model = pretrained.from_pretrained(cfg.model.init, task="mlm", dtype=dtype, seed=cfg.seed,
+                                           remat=cfg.model.remat, config_overrides=_overrides(cfg, mcfg))
+        model.train()
+        return model
     return build(mcfg, "mlm", seed=cfg.seed, dtype=dtype, remat=cfg.model.remat)
 
 
@@ -146,14 +126,14 @@ def _overrides(cfg: TrainConfig, mcfg: ModelConfig) -> dict:
 
 
 def split_model(model, training: bool = True) -> tuple[nnx.GraphDef, dict, Any]:
-    """(graphdef, params as a nested dict with string keys, the other state: dropout RNG streams).
+    """(graphdef, params as a pure dict, the other state: dropout RNG streams).
 
     A `training` graph applies the layer norms as LayerNorms unless the model recomputes its layers
     (`model.set_norm_folding`: the faster choice for XLA:CPU's backward pass).
     """
     set_norm_folding(model, fold=model.model.remat or not training)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, str_keys(nnx.to_pure_dict(params)), rest
+    return graphdef, nnx.to_pure_dict(params), rest
 
 
 def fresh_rngs(rest, key: jax.Array):
@@ -218,7 +198,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, 
         key = jax.random.fold_in(base_key, state["step"])
 
         def loss_fn(p, micro, k):
-            model = nnx.merge(graphdef, int_keys(p), fresh_rngs(rest, k))
+            model = nnx.merge(graphdef, p, fresh_rngs(rest, k))
             total, count, dropped = mlm_loss_sum(model, micro, cap)
             return total, (count, dropped)
 
@@ -252,33 +232,32 @@ def init_state(params: dict, tx: optax.GradientTransformation, moments: tuple | 
     opt_state = tx.init(params)
     if moments is not None:
         step, mu, nu = moments
-        seeded = optim.stable_adamw_state_from_moments(params, str_keys(mu), str_keys(nu), step)
+        seeded = optim.stable_adamw_state_from_moments(params, mu, nu, step)
         opt_state = optim.replace_stable_adamw_state(opt_state, seeded)
     return {"params": params, "opt_state": opt_state, "step": jnp.int32(0)}
 
 
-def initial_moments(cfg: TrainConfig) -> tuple | None:
+def initial_moments(cfg: TrainConfig, params: dict) -> tuple | None:
     """(step, mu, nu) from `model.init`/optimizer (a converted Composer checkpoint), if wanted and present."""
     if not (cfg.model.init and cfg.model.init_optimizer_state and cfg.optim.name == "stable_adamw"):
         return None
-    if is_run_dir(cfg.model.init):
+    if ckpt.is_run_dir(cfg.model.init):
         return None  # a previous run's optimizer state is restored whole (`restore_init_optimizer`)
     init = Path(cfg.model.init)
     if not (init / "optimizer").is_dir():
         return None
-    from bcmb_jax.composer import load_optimizer_moments
-
-    step, mu, nu, _ = load_optimizer_moments(init)
-    return int(step), mu, nu
+    step, mu, nu, _ = ckpt.load_moments(init, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
+    return step, mu, nu
 
 
 def restore_init_optimizer(cfg: TrainConfig, state: dict) -> dict:
     """When `model.init` is a previous run (phase 1 -> phase 2), continue from its optimizer state."""
-    if not (cfg.model.init and cfg.model.init_optimizer_state and is_run_dir(cfg.model.init)):
+    if not (cfg.model.init and cfg.model.init_optimizer_state and ckpt.is_run_dir(cfg.model.init)):
         return state
-    ckpt = Checkpoints(Path(cfg.model.init), 1)
-    opt_state = ckpt.restore_optimizer(ckpt.latest(), state["opt_state"])
-    ckpt.close()
+    where = ckpt.locate(cfg.model.init)  # the latest step, as `init_model` loaded its weights
+    previous = ckpt.Checkpoints(Path(cfg.model.init), 1, read_only=True)
+    opt_state = previous.restore_optimizer(where.step, state["opt_state"])
+    previous.close()
     return {**state, "opt_state": opt_state}
 
 
@@ -314,6 +293,7 @@ class ShardedBatches:
             it.set_state(st)
 
     def start_prefetch(self) -> None:
+        """Called by grain's checkpoint handler after a restore."""
         for it in self.iterators:
             getattr(it, "start_prefetch", lambda: None)()
 
@@ -341,16 +321,24 @@ def stack_micro(batch: dict[str, np.ndarray], accumulation: int) -> dict[str, np
 
 
 class MetricsLog:
-    """metrics.jsonl (one object per logged step) and TensorBoard events, written by process 0."""
+    """metrics.jsonl (one object per logged step) and TensorBoard events, written by process 0.
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    A resumed run (`resumed_at` = the restored step) first drops the metrics.jsonl lines of later
+    steps, and its TensorBoard writer purges the events of later steps (`purge_step`), so every
+    step appears once in both.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, resumed_at: int | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            if resumed_at is not None:
+                ckpt.truncate_metrics(self.path, resumed_at)
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                    purge_step=None if resumed_at is None else resumed_at + 1)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -379,70 +367,3 @@ class Throughput:
         rate = self.tokens / max(now - self.t0, 1e-9)
         self.t0, self.tokens = now, 0
         return rate
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-class Checkpoints:
-    """orbax CheckpointManager over RUN_DIR/checkpoints/<step>/{params, opt_state, meta, data}.
-
-    Saves are asynchronous (the arrays are copied to host before `save` returns, so the next
-    step may reuse their buffers); a checkpoint counts only once orbax has committed it, so a
-    process killed mid-save leaves the previous checkpoint as the latest.
-    """
-
-    def __init__(self, run_dir: Path, keep: int):
-        import orbax.checkpoint as ocp
-
-        self.ocp = ocp
-        self.mgr = ocp.CheckpointManager(
-            (run_dir / "checkpoints").absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                                 create=True),
-            item_names=("params", "opt_state", "meta", "data"))
-
-    def latest(self) -> int | None:
-        return self.mgr.latest_step()
-
-    def save(self, step: int, state: dict, meta: dict, data_iter) -> None:
-        import grain
-
-        ocp = self.ocp
-        args = ocp.args.Composite(
-            params=ocp.args.StandardSave(state["params"]),
-            opt_state=ocp.args.StandardSave({"opt_state": state["opt_state"], "step": state["step"]}),
-            meta=ocp.args.JsonSave(meta),
-            data=grain.checkpoint.CheckpointSave(data_iter))
-        self.mgr.save(step, args=args, force=True)
-
-    def restore(self, step: int, like: dict, data_iter) -> tuple[dict, dict]:
-        """Restores onto the shardings of `like` (which may use another mesh than the saved run)."""
-        import grain
-
-        ocp = self.ocp
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        out = self.mgr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract["params"]),
-            opt_state=ocp.args.StandardRestore({"opt_state": abstract["opt_state"], "step": abstract["step"]}),
-            meta=ocp.args.JsonRestore(),
-            data=grain.checkpoint.CheckpointRestore(data_iter)))
-        state = {"params": out["params"], "opt_state": out["opt_state"]["opt_state"],
-                 "step": out["opt_state"]["step"]}
-        return state, out["meta"]
-
-    def restore_optimizer(self, step: int, like_opt_state) -> Any:
-        """Only the optimizer state of a checkpoint (to start a new phase with the old moments)."""
-        ocp = self.ocp
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_opt_state)
-        out = self.mgr.restore(step, args=ocp.args.Composite(opt_state=ocp.args.StandardRestore(
-            {"opt_state": abstract, "step": jax.ShapeDtypeStruct((), jnp.int32)})))
-        return out["opt_state"]["opt_state"]
-
-    def wait(self) -> None:
-        self.mgr.wait_until_finished()
-
-    def close(self) -> None:
-        self.mgr.wait_until_finished()
-        self.mgr.close()

@@ -26,8 +26,6 @@ def load(job: dict, task: str, remat: bool = False):
 
     model = bcmb_jax.from_pretrained(job["model_dir"], task=task, dtype=jnp.dtype(job["dtype"]), remat=remat,
                                      **attention_option(job, bcmb_jax.from_pretrained))
-    if hasattr(model, "load_report"):  # plain metadata, not model state
-        del model.load_report
     return model
 
 
@@ -74,7 +72,7 @@ def train(job: dict, make_batch, rows: int) -> dict:
             from flax import nnx
 
             def loss(p):
-                total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, trainer.int_keys(p), rest), jb, cap)
+                total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, p, rest), jb, cap)
                 return total / count
 
             grad = jax.jit(jax.value_and_grad(loss))

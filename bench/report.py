@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 BACKENDS = ("jax", "torch-sdpa", "torch-eager", "torch-compile", "torch-fa2")
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Writes `path` through a temporary file and a rename: never half written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    """Writes `path` through a temporary file and a rename (`bcmb_jax.atomic`): never half written."""
+    from bcmb_jax.atomic import atomic
+
+    with atomic(path, overwrite=True) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def _fmt(x, f: str) -> str:
@@ -105,9 +105,11 @@ def plots(results: list[dict], out: Path) -> None:
 
 
 def _save(fig, path: Path) -> None:
+    import io
+
     import matplotlib.pyplot as plt
 
-    buf = path.with_name(path.name + ".tmp")
+    buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    os.replace(buf, path)
     plt.close(fig)
+    write_atomic(path, buf.getvalue())

@@ -42,8 +42,9 @@ def max_diff_valid(a, b, mask):
 @pytest.mark.parametrize("task", ["base", "mlm", "token"])
 def test_token_level_parity(tmp_path, task, backend):
     hf = hf_model(task, num_labels=5)
-    model = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), config_overrides={"attention_backend": backend})
-    assert model.task == task and not model.load_report.missing and not model.load_report.unexpected
+    model, info = bcmb_jax.from_pretrained(save_hf(hf, tmp_path), config_overrides={"attention_backend": backend},
+                                           output_loading_info=True)
+    assert model.task == task and not info.missing and not info.unexpected
     ids, mask = padded_batch()
     out = model(ids, attention_mask=mask)
     got = out.last_hidden_state if task == "base" else out.logits

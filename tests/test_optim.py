@@ -20,7 +20,6 @@ from bcmb_jax.optim import (
     find_stable_adamw_state,
     lr_scale,
     make_optimizer,
-    make_schedule,
     replace_stable_adamw_state,
     set_learning_rate,
     stable_adamw,
@@ -320,7 +319,7 @@ def test_lr_scale_matches_formulas(cfg):
     with jax.enable_x64(True):  # the jnp branch: the same formula (XLA may round 1 ulp differently)
         np.testing.assert_allclose(np.asarray(lr_scale(cfg, jnp.asarray(t))), ref, rtol=1e-7, atol=1e-15)
     # float32 under jit: t itself is rounded (to ~1e3 at 1e10 tokens), hence the looser bound there.
-    sched = jax.jit(make_schedule(cfg, 2.0))
+    sched = jax.jit(lambda t: 2.0 * lr_scale(cfg, t))
     tol = 2e-6 if cfg.unit == "steps" else 2e-4
     np.testing.assert_allclose(np.asarray(sched(jnp.asarray(t, jnp.float32))), 2 * ref, rtol=0, atol=tol)
 
@@ -333,14 +332,14 @@ def test_linear_matches_transformers_and_wsd_matches_optax_pieces():
         hf = transformers.get_linear_schedule_with_warmup(opt, w, total).lr_lambdas[0]
         steps = np.arange(0, total + 5)
         np.testing.assert_allclose(lr_scale(cfg, steps), [hf(int(s)) for s in steps], rtol=1e-12, atol=0)
-        assert int(jax.jit(make_schedule(cfg, 1.0))(0) == 0) == (w > 0)  # HF's first step has lr 0
+        assert int(jax.jit(lambda t, c=cfg: lr_scale(c, t))(jnp.asarray(0)) == 0) == (w > 0)  # HF's first step has lr 0
 
     cfg = ScheduleConfig(name="wsd", unit="steps", warmup=10, total=100, decay=30, alpha_f=0.1)
     pieces = optax.join_schedules(
         [optax.linear_schedule(1e-10, 1.0, 10), optax.constant_schedule(1.0),
          optax.linear_schedule(1.0, 0.1, 30)], [10, 70])
     steps = jnp.arange(0, 101)
-    np.testing.assert_allclose(make_schedule(cfg, 1.0)(steps), pieces(steps), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(lr_scale(cfg, steps), pieces(steps), rtol=0, atol=1e-6)
 
 
 def test_config_sections_and_errors(tmp_path):

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, hf_model, rng_ids, save_hf
+from flax import nnx
 
 import bcmb_jax
+from bcmb_jax import checkpoint as ckpt
 from bcmb_jax import params as P
+from bcmb_jax import pretrained as PT
 from bcmb_jax.config import ModelConfig
-from bcmb_jax.pretrained import load_jax_tree
 
 
 def logits(model, ids):
@@ -23,6 +25,20 @@ def logits(model, ids):
 def torch_logits(hf, ids):
     with torch.no_grad():
         return hf(torch.tensor(ids)).logits.numpy()
+
+
+def param_tree(model) -> dict:
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def saved_params(directory) -> dict:
+    """The parameter tree of a JAX directory / run / step as stored (numpy, saved dtypes)."""
+    where = ckpt.locate(directory)
+    cfg, raw = ckpt.read_config(where)
+    _, abstract, _ = PT.abstract_model(cfg, PT.infer_task(raw, None))
+    tree, missing, unexpected = ckpt.restore_tree(where.params, abstract, stored_dtype=True)
+    assert not missing and not unexpected
+    return tree
 
 
 def flat_names(tree, prefix=""):
@@ -41,7 +57,7 @@ def test_key_map_covers_the_hf_state_dict_exactly():
         names = {("model." + k if task == "base" else k) for k in hf.state_dict()} - {P.TIED_DECODER}
         assert {e.hf for e in P.key_map(cfg, task)} == names, task
         model = bcmb_jax.build(cfg, task)
-        assert {".".join(map(str, e.path)) for e in P.key_map(cfg, task)} == flat_names(P.model_tree(model)), task
+        assert {".".join(map(str, e.path)) for e in P.key_map(cfg, task)} == flat_names(param_tree(model)), task
 
 
 @pytest.mark.parametrize("layout", ["sharded", "bin", "bare_backbone"])
@@ -69,10 +85,11 @@ def test_file_layouts(tmp_path, layout):
 def test_mlm_checkpoint_for_a_task_keeps_the_head_and_adds_a_classifier(tmp_path):
     hf = hf_model("mlm")
     save_hf(hf, tmp_path)
-    model = bcmb_jax.from_pretrained(tmp_path, task="token", num_labels=7, seed=3)
+    model, info = bcmb_jax.from_pretrained(tmp_path, task="token", num_labels=7, seed=3, output_loading_info=True)
     assert model.task == "token" and model.cfg.num_labels == 7
-    assert sorted(model.load_report.missing) == ["classifier.bias", "classifier.weight"]
-    assert model.load_report.unexpected == ["decoder.bias"]
+    assert sorted(info.missing) == ["classifier.bias", "classifier.weight"]
+    assert info.unexpected == ["decoder.bias"]
+    assert not hasattr(model, "load_report")
     np.testing.assert_array_equal(np.asarray(model.head.dense.kernel[...]),
                                   hf.head.dense.weight.detach().numpy().T)
     with pytest.raises(P.WeightsError, match="classifier.weight"):
@@ -85,7 +102,7 @@ def test_jax_directory_round_trip(tmp_path):
     out = bcmb_jax.save_jax(model, tmp_path / "jax")
     again = bcmb_jax.from_pretrained(out)
     assert again.task == "token" and again.cfg == model.cfg
-    tree = load_jax_tree(out)
+    tree = saved_params(out)
     np.testing.assert_array_equal(tree["model"]["layers"][2]["attn"]["Wqkv"]["kernel"],
                                   hf.model.layers[2].attn.Wqkv.weight.detach().numpy().T)
     ids = rng_ids((2, 20))
@@ -166,7 +183,7 @@ def test_unknown_hub_id_offline(monkeypatch):
 def test_config_without_head_keys_defaults_to_mlm(tmp_path):
     cfg = ModelConfig.from_hf_dict(TINY)
     model = bcmb_jax.build(cfg, "mlm", seed=1)
-    sd = P.nnx_to_hf(P.model_tree(model), cfg, "mlm")
+    sd = P.nnx_to_hf(param_tree(model), cfg, "mlm")
     assert "decoder.weight" not in sd and "decoder.bias" in sd
     P.write_safetensors(sd, tmp_path / "model.safetensors")
     raw = cfg.to_hf_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import torch
 from conftest import hf_model, rng_ids
 from flax import nnx
 
+import bcmb_jax
 import train
-from bcmb_jax import trainer
+from bcmb_jax import checkpoint, trainer
 from bcmb_jax.config import ModelConfig, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +68,6 @@ def run_subprocess(args: list[str], env: dict | None = None, **kw) -> subprocess
 
 def test_sparse_loss_equals_hf_masked_lm_loss(tmp_path):
     """The head on gathered masked positions gives transformers' dense MLM loss."""
-    import bcmb_jax
-
     hf = hf_model("mlm")
     hf.save_pretrained(tmp_path)
     model = bcmb_jax.from_pretrained(tmp_path)
@@ -143,8 +143,6 @@ def test_resume_is_bit_exact(tmp_path, corpus):
     # The end-of-run export loads in transformers and computes what the JAX checkpoint computes.
     import transformers as tf
 
-    import bcmb_jax
-
     hf = tf.AutoModelForMaskedLM.from_pretrained(split / "hf").eval()
     jx = bcmb_jax.from_pretrained(split)  # the run directory's latest checkpoint
     ids = rng_ids((2, 40), vocab=512, low=5)
@@ -153,13 +151,16 @@ def test_resume_is_bit_exact(tmp_path, corpus):
     assert np.abs(np.asarray(jx(ids).logits) - ref).max() <= 1e-4
 
     # Phase 2 starts from this run: its weights and its optimizer state (step count continues).
+    import orbax.checkpoint as ocp
+
     phase2 = tmp_path / "phase2"
     cfg2 = write_config(tmp_path / "p2.yaml", corpus, phase2, max_steps=1, model={"init": str(split)},
                         data={**json.loads(cfg.read_text())["data"], "mlm_probability": 0.15})
     assert train.main(["--config", str(cfg2)]) == 0
     meta = json.loads((phase2 / "checkpoints" / "1" / "meta" / "metadata").read_text())
     assert meta["step"] == 1
-    opt = trainer.pretrained.restore_tree(phase2 / "checkpoints" / "1" / "opt_state")
+    with ocp.StandardCheckpointer() as ck:
+        opt = ck.restore((phase2 / "checkpoints" / "1" / "opt_state").absolute())
     counts = [int(np.asarray(x)) for x in jax.tree.leaves(opt) if np.ndim(x) == 0 and
               np.issubdtype(np.asarray(x).dtype, np.integer)]
     assert 7 in counts  # StableAdamW's step: 6 from the first run + 1
@@ -172,12 +173,11 @@ def test_nan_guard_stops_without_saving(tmp_path, corpus, caplog):
     assert train.main(["--config", str(cfg), "checkpoint_every=1", "max_steps=50"]) == 3
     assert "non-finite loss" in caplog.text
     bad_step = len(losses(run)) + 1 if (run / "metrics.jsonl").exists() else 1
-    ckpt = trainer.Checkpoints(run, 5)
-    steps = ckpt.mgr.all_steps()
+    steps = checkpoint.run_steps(run)
     assert steps and max(steps) < bad_step  # the state of the failing step was never saved
     for step in steps:  # and every saved state is finite
-        tree = trainer.pretrained.load_jax_tree(run / "checkpoints" / str(step))
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(tree))
+        model = bcmb_jax.from_pretrained(run / "checkpoints" / str(step))
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path, corpus):
@@ -195,6 +195,34 @@ def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path, corpus):
     steps = [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(steps) == 1 and steps[0] == len(losses(run))
     assert "checkpoint at step" in out
+
+
+def test_unreadable_latest_checkpoint_is_moved_aside_and_each_step_logged_once(tmp_path, corpus, caplog):
+    """A truncated latest checkpoint: the run warns, moves it aside (not deleted), resumes from the previous
+    one, drops the metrics of the steps after it, and ends with the uninterrupted run's losses, once each."""
+    caplog.set_level(logging.INFO)
+    run = tmp_path / "trunc"
+    cfg = write_config(tmp_path / "t.yaml", corpus, run)
+    assert train.main(["--config", str(cfg)]) == 0
+    ref = losses(run)
+    assert checkpoint.run_steps(run) == [3, 6]
+    for f in (run / "checkpoints" / "6" / "params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    untouched = {p: p.read_bytes() for p in (run / "checkpoints" / "6").rglob("*") if p.is_file()}
+    events = sorted((run / "tensorboard").iterdir())
+    (run / ".hf.tmp-999999999-00aa").mkdir()  # a killed export's leftover (no such process)
+    assert train.main(["--config", str(cfg)]) == 0
+    assert "checkpoint 6 cannot be restored" in caplog.text and "resumed from step 3" in caplog.text
+    aside = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("unrestorable-6-")]
+    assert len(aside) == 1
+    assert {aside[0] / p.relative_to(run / "checkpoints" / "6"): b for p, b in untouched.items()} == {
+        p: p.read_bytes() for p in aside[0].rglob("*") if p.is_file()}
+    assert checkpoint.run_steps(run) == [3, 6]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and [r["loss"] for r in rows] == ref
+    assert len(list((run / "tensorboard").iterdir())) == len(events) + 1  # a new events file, steps > 3 purged
+    assert not (run / ".hf.tmp-999999999-00aa").exists()
 
 
 def test_kill_9_during_async_save_never_leaves_a_bad_checkpoint(tmp_path, corpus):

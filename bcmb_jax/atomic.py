@@ -1,0 +1,106 @@
+"""The one atomic writer: a file or directory is written to a temporary sibling, then renamed into place.
+
+Temporaries are named `.NAME.tmp-<pid>-<hex>`, so one left by a killed process is recognised by its
+name and removed by the next write of NAME (`remove_stale_temps`); an overwrite moves the old NAME to
+`.NAME.old-<pid>-<hex>` only for the instant between its two renames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+
+def _temp_name(out: Path, kind: str = "tmp") -> Path:
+    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _in_use(name: str) -> bool:
+    """Whether the process named in a `.NAME.tmp-<pid>-<hex>` is another live process (still writing it)."""
+    try:
+        pid = int(name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Removes `.NAME.tmp-<pid>-*` siblings (of `name`, or of every name) whose process is gone.
+
+    A `.NAME.old-<pid>-*` left between the two renames of an overwrite is put back as NAME when
+    NAME is missing, else removed. Returns what was removed or restored.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    done = []
+    for p in sorted(d.iterdir()):
+        stem, sep, rest = p.name[1:].rpartition(".")
+        kind = rest.split("-", 1)[0]
+        if not p.name.startswith(".") or not sep or kind not in ("tmp", "old") or rest.count("-") not in (1, 2):
+            continue
+        if (name and stem != name) or _in_use(p.name):
+            continue
+        target = d / stem
+        if kind == "old" and not target.exists():
+            os.replace(p, target)
+        elif p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        done.append(p)
+    if done:
+        log.warning("removed or restored leftovers of interrupted writes: %s", ", ".join(p.name for p in done))
+    return done
+
+
+@contextlib.contextmanager
+def atomic(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary sibling path of `out` to write (a file or a directory); renames it to `out` after.
+
+    An existing non-empty `out` is refused unless `overwrite`, and replaced only once the new one is
+    complete; on any error (or Ctrl-C) the temporary is removed and `out` is as it was.
+    """
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, out.name)
+    tmp = _temp_name(out)
+    try:
+        yield tmp
+        if out.exists():
+            old = _temp_name(out, "old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Writes a text file atomically (replacing it)."""
+    with atomic(path, overwrite=True) as tmp:
+        tmp.write_text(text)
+
+
+__all__ = ["atomic", "write_text", "remove_stale_temps"]
