@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from bcmb_jax.cli import command, run
 
 EPILOG = """\
 modes:
@@ -65,36 +66,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_closed_loop(hook=sys.unraisablehook):
-    """An unraisable-exception hook that drops orbax's 'Event loop is closed' callbacks after a failed restore."""
-    def quiet(u):
-        if not (isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)):
-            hook(u)
-    return quiet
-
-
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from bcmb_jax import export
-    from bcmb_jax.config import ConfigError
-    from bcmb_jax.params import WeightsError
 
-    try:
-        if args.mode == "to-jax":
-            result = export.to_jax(args.src, args.out, dtype=args.dtype, task=args.task, config=args.config,
-                                   tokenizer=args.tokenizer, optimizer_state=args.optimizer_state,
-                                   overwrite=args.overwrite, progress=not args.no_progress)
-        else:
-            result = export.to_hf(args.src, args.out, task=args.task, dtype=args.dtype, overwrite=args.overwrite,
-                                  progress=not args.no_progress)
-    except (WeightsError, ConfigError, export.ConversionError, FileExistsError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    if args.mode == "to-jax":
+        result = export.to_jax(args.src, args.out, dtype=args.dtype, task=args.task, config=args.config,
+                               tokenizer=args.tokenizer, optimizer_state=args.optimizer_state,
+                               overwrite=args.overwrite, progress=not args.no_progress)
+    else:
+        result = export.to_hf(args.src, args.out, task=args.task, dtype=args.dtype, overwrite=args.overwrite,
+                              progress=not args.no_progress)
     print(f"{args.mode}: " + "\n".join(result.lines()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.unraisablehook = _quiet_closed_loop()
-    sys.exit(main())
+    run(main)

@@ -22,6 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bcmb_jax import cli
+from bcmb_jax.config import ConfigError
+
 ROOT = Path(__file__).resolve().parent
 RUNS = ROOT / "runs"
 REAL = ROOT.parent / "shared" / "data"
@@ -234,11 +237,15 @@ def compare(init_dir: Path, trained_dir: Path, real: bool) -> None:
           f"on all {len(every)} held-out sentence endings: initial {overall['initial']:.0%}, "
           f"trained {overall['trained']:.0%}")
 
-def main() -> None:
+
+@cli.command
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", action="store_true", help="real tokenizer + pretrain_sample from ../shared/data")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: configs/demo.yaml)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
     RUNS.mkdir(exist_ok=True)
 
     banner("1. data")
@@ -275,7 +282,8 @@ def main() -> None:
     compare(hf_init, hf_dir, args.real)
     if not last < first:
         sys.exit("error: the MLM loss did not fall")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

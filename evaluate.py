@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bcmb_jax import cli
 from bcmb_jax.config import ConfigError, from_dict, help_text, parse_overrides
 from bcmb_jax.finetune import BACKENDS, MAIN_METRIC, FinetuneConfig, FinetuneError
 
@@ -149,17 +149,14 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
     return 0
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("jax", "absl", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        args, cfg, options = parse_args(argv)
-        return run(args, cfg, options)
-    except (ValueError, OSError) as e:  # ConfigError, TaskDataError, WeightsError, DataError, FinetuneError, ...
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+    args, cfg, options = parse_args(argv)
+    return run(args, cfg, options)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -18,11 +18,11 @@ import json
 import logging
 import math
 import signal
-import sys
 from pathlib import Path
 
 import yaml
 
+from bcmb_jax.cli import command, run
 from bcmb_jax.config import ConfigError, help_text, load, to_dict
 from bcmb_jax.trainer import TrainConfig
 
@@ -39,15 +39,12 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     return load(TrainConfig, args.config, args.overrides)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("jax", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        cfg = parse_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = parse_args(argv)
 
     import jax
     import numpy as np
@@ -55,16 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     from jax.experimental import multihost_utils
     from tqdm import tqdm
 
-    from bcmb_jax import atomic, checkpoint, optim, params, pretrained, sharding, trainer
+    from bcmb_jax import atomic, checkpoint, optim, params, preflight, pretrained, sharding, trainer
 
+    # 0. Every check that needs no work (positions, vocabulary, sources, a resume's settings), before any write.
+    preflight.check_run(cfg, trainer.model_config(cfg))
     sharding.init_distributed(cfg.distributed)
     main_process = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
     mesh = sharding.make_mesh(cfg.mesh)
     if cfg.micro_batch % mesh.size:
-        print(f"error: micro_batch ({cfg.micro_batch}) must be a multiple of the device count ({mesh.size})",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(f"micro_batch ({cfg.micro_batch}) must be a multiple of the device count ({mesh.size})")
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
     # 1. The model, as a graph definition plus a sharded parameter tree (nothing is written yet).
@@ -174,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -368,7 +368,11 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
         try:
             d = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            what = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ConfigError(f"{where}: invalid YAML: {what}"
+                              + (f" (column {mark.column + 1})" if mark is not None else "")) from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         if section is not None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bcmb_jax import cli
 from bcmb_jax import config as cfglib
 from bcmb_jax.config import opt
 from bcmb_jax.sources import (  # noqa: F401 - re-exported: the pipeline's readers
@@ -161,7 +162,10 @@ def load_tokenizer(path: str | Path, prefix_space: bool = True, *, mask_token_id
     if byte_level:
         _set_prefix_space(spec["pre_tokenizer"], prefix_space)
     text = json.dumps(spec, sort_keys=True)
-    tok = Tokenizer.from_str(text)
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed spec
+        raise DataError(f"{file}: not a valid tokenizers file ({' '.join(str(e).split())[:200]})") from None
     names = _special_names(file.parent)
 
     def tid(key: str, override: int | None) -> int:
@@ -460,7 +464,9 @@ def prepare(cfg: DataConfig, tok: TokenizerInfo) -> Corpus:
         log.info("source %s: %d files, %d docs, %d chunks, %d tokens", src.name, st.files, st.docs, st.chunks,
                  st.tokens)
     if not any(len(s) * src.weight > 0 for s, src in zip(stores, cfg.sources)):
-        raise DataError(f"data.sources {names}: no documents to train on (all empty or weight 0)")
+        files = ", ".join(str(p) for src in cfg.sources for p in src.paths)
+        raise DataError(f"{files}: no documents to train on in data.sources {names} (every file empty or blank, "
+                        "or weight 0); expected at least one non-empty document")
     return Corpus(stores, [s.weight for s in cfg.sources], time.perf_counter() - t0)
 
 
@@ -596,26 +602,23 @@ def run_stats(cfg: DataConfig, *, batch_size: int = 8, max_batches: int | None =
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli.command
+def main(argv: list[str] | None = None) -> int:
     from absl import flags  # grain's worker processes read absl flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cmd, path, extra, over = _parse_cli(list(sys.argv[1:] if argv is None else argv))
-        cfg = cfglib.load(DataConfig, path, over, section="data")
-        if cmd == "prepare":
-            if not cfg.cache_dir:
-                raise DataError("prepare needs data.cache_dir")
-            tok = load_tokenizer(cfg.tokenizer, cfg.prefix_space)
-            corpus = prepare(cfg, tok)
-            print(json.dumps(dataclasses.asdict(corpus.stats()) | {"prepare_s": round(corpus.seconds, 3)}))
-            return
-        s = run_stats(cfg, **extra)
-    except (DataError, cfglib.ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    cmd, path, extra, over = _parse_cli(list(sys.argv[1:] if argv is None else argv))
+    cfg = cfglib.load(DataConfig, path, over, section="data")
+    if cmd == "prepare":
+        if not cfg.cache_dir:
+            raise DataError("prepare needs data.cache_dir")
+        tok = load_tokenizer(cfg.tokenizer, cfg.prefix_space)
+        corpus = prepare(cfg, tok)
+        print(json.dumps(dataclasses.asdict(corpus.stats()) | {"prepare_s": round(corpus.seconds, 3)}))
+        return 0
+    s = run_stats(cfg, **extra)
     print("sources: " + ", ".join(f"{k} ({v['docs']} docs, {v['chunks']} chunks, {v['tokens']} tokens, "
                                    f"weight {v['weight']})" for k, v in s["sources"].items()))
     print(f"read: {s['files']} files, {s['docs']} documents, {s['skipped_empty']} empty skipped, "
@@ -628,7 +631,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"speed: {s['tokens_per_s']:.0f} tokens/s overall, {s['iterate_tokens_per_s']:.0f} tokens/s "
           "after preparation")
     print(json.dumps(s))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -181,19 +181,32 @@ def hf_to_nnx(sd: dict[str, np.ndarray], cfg: ModelConfig, task: str, source: st
     return tree, report
 
 
-def nnx_to_hf(tree: dict, cfg: ModelConfig, task: str) -> dict[str, np.ndarray]:
-    """Nested NNX pure dict -> HF state dict (numpy; the tied decoder weight is not written)."""
+def nnx_to_hf(tree: dict, cfg: ModelConfig, task: str, source: str = "parameters") -> dict[str, np.ndarray]:
+    """Nested NNX pure dict -> HF state dict (numpy; the tied decoder weight is not written).
+
+    Every array must have the shape the config gives it (`expected_shape`); `source` names the tree
+    in the error otherwise.
+    """
     out = {}
     for e in key_map(cfg, task):
         node = tree
+        name = ".".join(map(str, e.path))
         try:
             for p in e.path:
                 node = node[p]
         except (KeyError, IndexError, TypeError):
-            raise WeightsError(f"parameter {'.'.join(map(str, e.path))} (HF `{e.hf}`) is missing") from None
+            raise WeightsError(f"{source}: parameter {name} (HF `{e.hf}`) is missing") from None
         x = np.asarray(node)
+        if x.shape != (want := expected_shape(e, cfg)):
+            raise WeightsError(f"{source}: parameter {name} has shape {list(x.shape)}, but the config expects "
+                               f"{list(want)} ({_shape_keys(e, cfg)}); the config and the parameters disagree")
         out[e.hf] = np.ascontiguousarray(x.T) if e.transpose else x
     return out
+
+
+# The config key behind each axis name of the key map.
+AXIS_KEYS = {"vocab": "vocab_size", "embed": "hidden_size", "qkv": "hidden_size", "attn": "hidden_size",
+             "mlp_in": "intermediate_size", "mlp": "intermediate_size", "labels": "num_labels"}
 
 
 def expected_shape(e: Entry, cfg: ModelConfig) -> tuple[int, ...]:
@@ -202,6 +215,11 @@ def expected_shape(e: Entry, cfg: ModelConfig) -> tuple[int, ...]:
     sizes = {"vocab": cfg.vocab_size, "embed": H, "qkv": 3 * H, "attn": H, "mlp_in": 2 * F, "mlp": F,
              "labels": cfg.num_labels}
     return tuple(sizes[a] for a in e.axes)
+
+
+def _shape_keys(e: Entry, cfg: ModelConfig) -> str:
+    """The config keys behind an entry's expected shape, with their values."""
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k in dict.fromkeys(AXIS_KEYS[a] for a in e.axes))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,9 +128,9 @@ def safe_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except wou.UnpicklingError as e:
-        text = " ".join(str(e).split())
-        why = text.split("WeightsUnpickler error:", 1)[-1].strip() or text[:200]
-        raise WeightsError(f"{path}: refused to unpickle ({why[:300]}); nothing in it was executed") from None
+        from bcmb_jax.cli import refusal
+
+        raise WeightsError(f"{path}: {refusal(str(e))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         msg = " ".join(str(e).split())[:300]
         raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({msg}); truncated or corrupt?") from None

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bcmb_jax import cli  # noqa: E402
 from bench import report, runner, throughput  # noqa: E402
 
 SHARES = {"tests": 0.25, "inference": 0.35, "training": 0.40}  # of the budget left after RESERVE_S
@@ -147,7 +148,8 @@ def write_report(out: Path, stages: list[dict], tests: dict, results: dict, prot
     return path
 
 
-def main(argv=None) -> None:
+@cli.command
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=480, help="seconds for the whole run (stages share it)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the same stages on CPU at tiny sizes (CI)")
@@ -204,7 +206,8 @@ def main(argv=None) -> None:
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "fallback_device": "unknown"}
     path = write_report(out, stages, tests, results, protocols, meta)
     print(f"wrote {path} ({clock.elapsed():.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

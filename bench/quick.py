@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bcmb_jax import cli  # noqa: E402
 from bench import throughput  # noqa: E402
 
 
@@ -27,7 +28,8 @@ def argv_for(shapes: str, repeats: int, size: str, out: str) -> list[str]:
             "--out", out]
 
 
-def main(argv=None) -> None:
+@cli.command
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="8x512,1x8192", help="rows x length pairs, comma separated")
     ap.add_argument("--repeats", type=int, default=3)
@@ -38,8 +40,8 @@ def main(argv=None) -> None:
         preset = argv_for(args.shapes, args.repeats, args.size, args.out)
     except ValueError:
         ap.error(f"--shapes takes RxL pairs such as 8x512,1x8192, got {args.shapes!r}")
-    throughput.main(preset)
+    return throughput.main(preset)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bcmb_jax import cli  # noqa: E402 - the checkout's package, via the line above
+from bcmb_jax.config import ConfigError  # noqa: E402
 from bench import report, runner  # noqa: E402
 from bench.report import BACKENDS  # noqa: E402
 
@@ -89,8 +91,11 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+def ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
 
 
 def check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -100,8 +105,10 @@ def check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             ap.error(f"unknown backend {b!r}; expected one of {', '.join(BACKENDS)}")
     if any(k not in ("fixed", "variable") for k in args.sets.split(",") if k):
         ap.error(f"--sets takes fixed and/or variable, got {args.sets!r}")
-    if len(ints(args.samples)) not in (1, len(ints(args.lengths))):
-        ap.error(f"--samples takes one number or one per length ({len(ints(args.lengths))}), got {args.samples!r}")
+    lengths = ints("--lengths", args.lengths)
+    if len(ints("--samples", args.samples)) not in (1, len(lengths)):
+        ap.error(f"--samples takes one number or one per length ({len(lengths)}), got {args.samples!r}")
+    ints("--train-lengths", args.train_lengths), ints("--memory-lengths", args.memory_lengths)
 
 
 def prepare_model(args, tmp: Path) -> tuple[Path, dict[str, Any]]:
@@ -109,7 +116,7 @@ def prepare_model(args, tmp: Path) -> tuple[Path, dict[str, Any]]:
     if args.model:
         d = Path(args.model)
         if not (d / "config.json").is_file():
-            sys.exit(f"--model {d}: expected a Hugging Face model directory with a config.json")
+            raise ConfigError(f"--model {d}: expected a Hugging Face model directory with a config.json")
         raw = json.loads((d / "config.json").read_text())
     else:
         import torch
@@ -143,8 +150,8 @@ def make_jobs(args, model_dir: Path, cfg: dict) -> tuple[list[dict], str]:
         backends = [b for b in backends if b != "jax"]
         train_backends = [b for b in train_backends if b != "jax"]
     kinds = [k for k in args.sets.split(",") if k]
-    lengths, train_lengths, memory_lengths = ints(args.lengths), ints(args.train_lengths), ints(args.memory_lengths)
-    samples = ints(args.samples)
+    lengths, train_lengths = ints("--lengths", args.lengths), ints("--train-lengths", args.train_lengths)
+    memory_lengths, samples = ints("--memory-lengths", args.memory_lengths), ints("--samples", args.samples)
     samples_of = dict(zip(lengths, samples * len(lengths) if len(samples) == 1 else samples))
     too_long = [L for L in lengths + train_lengths + memory_lengths if L > cfg["max_len"]]
     if too_long:
@@ -188,11 +195,13 @@ def write_results(results: list[dict], out: Path, protocol: str, dtype: str) -> 
     return md
 
 
-def main(argv=None) -> None:
+@cli.command
+def main(argv=None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     if args.worker:
-        return runner.worker(args.worker)
+        runner.worker(args.worker)
+        return 0
     check(ap, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +218,8 @@ def main(argv=None) -> None:
     md = write_results(results, out, protocol, args.dtype)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
     print(md)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

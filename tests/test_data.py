@@ -393,7 +393,7 @@ def test_stats_cli(tmp_path, word_tok, capsys):
     yml.write_text(json.dumps({"model": {"ignored": 1}, "data": {
         "tokenizer": str(word_tok), "seq_len": 128,
         "sources": [{"name": "a", "paths": [str(f)], "format": "lines"}]}}))
-    data.main(["stats", "--config", str(yml), "data.seq_len=32", "mlm_probability=0.15", "batch_size=4"])
+    assert data.main(["stats", "--config", str(yml), "data.seq_len=32", "mlm_probability=0.15", "batch_size=4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     s = json.loads(lines[-1])
     assert len(lines) > 3 and s["seq_len"] == 32 and s["docs"] == 80 and s["skipped_empty"] == 1
@@ -404,9 +404,9 @@ def test_stats_cli(tmp_path, word_tok, capsys):
     assert s["tokens"] == s["chunk_tokens"] == sum(n + 2 * -(-n // 30) for n in n_words)
     assert s["rows"] % 4 == 0 and 0 < s["non_pad_fraction"] <= s["packing_efficiency"] <= 1
     assert abs(s["mask_fraction"] - 0.15) < 0.04
-    with pytest.raises(SystemExit):
-        data.main(["stats", "--config", str(yml), "data.sources=[{name: a, paths: [/no/such/file]}]"])
-    assert "/no/such/file" in capsys.readouterr().err
+    assert data.main(["stats", "--config", str(yml), "data.sources=[{name: a, paths: [/no/such/file]}]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "/no/such/file" in err
 
 
 def test_cli_module_with_worker_processes(tmp_path, word_tok):

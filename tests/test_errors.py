@@ -1,0 +1,389 @@
+"""Bad inputs through every command line: exit status 2 (130 for Ctrl-C), one `error:` line naming the culprit,
+no traceback, and every file that existed before is byte-identical after."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import hf_model, save_hf
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = dict(vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+                  local_attention=16, max_position_embeddings=256, pad_token_id=3, cls_token_id=1, sep_token_id=2,
+                  bos_token_id=1, eos_token_id=2, mask_token_id=4)
+COMMANDS = {"train": ["train.py"], "convert": ["convert_weights.py"], "evaluate": ["evaluate.py"],
+            "demo": ["demo.py"], "bench": ["bench/throughput.py"], "data": ["-m", "bcmb_jax.data"]}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "JAX_PLATFORMS": "cpu",
+       "PYTHONPATH": str(ROOT)}
+ENV.pop("BCMB_DEBUG", None)
+
+
+class Payload:
+    """Unpickling this runs `touch marker`; the loaders must refuse it unrun."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def train_config(fx, run_dir: Path, **top) -> dict:
+    cfg = {
+        "run_dir": str(run_dir), "max_steps": 2, "checkpoint_every": 1, "seed": 5, "log_every": 1,
+        "global_batch": 4, "micro_batch": 4, "export_hf": False,
+        "model": {"overrides": dict(TINY_MODEL)},
+        "data": {"tokenizer": str(fx.corpus / "tokenizer"), "seq_len": 64,
+                 "sources": [{"name": "notes", "paths": [str(fx.corpus / "notes.jsonl")], "field": "text"}]},
+        "schedule": {"name": "wsd", "unit": "steps", "warmup": 1, "total": 4, "decay": 1},
+    }
+    for k, v in top.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
+def write_yaml(path: Path, cfg: dict) -> Path:
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def digests(*roots: Path) -> dict[str, str]:
+    out = {}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory) -> SimpleNamespace:
+    """A corpus + tokenizer, a tiny HF model, its JAX conversion, a trained run (2 checkpoints), an evil HF dir."""
+    import convert_weights
+    import train
+    from bcmb_jax import demo_data
+
+    root = tmp_path_factory.mktemp("fixtures")
+    corpus = root / "corpus"
+    demo_data.write_corpus(corpus / "notes.jsonl", n_docs=120, seed=1)
+    demo_data.build_tokenizer([corpus / "notes.jsonl"], corpus / "tokenizer", vocab_size=512)
+    hf = save_hf(hf_model("mlm"), root / "hf")
+    assert convert_weights.main(["to-jax", str(hf), str(root / "jax"), "--no-progress"]) == 0
+    evil = root / "evil"
+    hf_model("mlm").config.save_pretrained(evil)
+    torch.save({"model.final_norm.weight": torch.ones(64), "x": Payload(root / "pwned")},
+               evil / "pytorch_model.bin")
+    fx = SimpleNamespace(root=root, corpus=corpus, hf=hf, jax=root / "jax", evil=evil, marker=root / "pwned")
+    cfg = write_yaml(root / "run.yaml", train_config(fx, root / "run"))
+    assert train.main(["--config", str(cfg)]) == 0
+    fx.run = root / "run"
+    return fx
+
+
+def copy_run(fx, d: Path) -> Path:
+    shutil.copytree(fx.run, d / "run")
+    return d / "run"
+
+
+def corrupt_step(run: Path, step: int) -> Path:
+    """Truncates every data file of a checkpoint's parameters; returns the step directory."""
+    step_dir = run / "checkpoints" / str(step)
+    for f in (step_dir / "params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    return step_dir
+
+
+def train_case(d: Path, fx, **top) -> list[str]:
+    return ["--config", str(write_yaml(d / "bad.yaml", train_config(fx, d / "new_run", **top)))]
+
+
+def corpus_case(d: Path, fx, text: str) -> list[str]:
+    (d / "c.jsonl").write_text(text)
+    return train_case(d, fx, data={"sources": [{"name": "notes", "paths": [str(d / "c.jsonl")], "field": "text"}]})
+
+
+def resume_case(d: Path, fx, **top) -> list[str]:
+    run = copy_run(fx, d)
+    cfg = train_config(fx, run, max_steps=4, **top)
+    return ["--config", str(write_yaml(d / "resume.yaml", cfg))]
+
+
+def disagreeing_config(d: Path, fx) -> list[str]:
+    shutil.copytree(fx.jax, d / "jax")
+    cfg = json.loads((d / "jax" / "config.json").read_text())
+    cfg["intermediate_size"] = 2 * cfg["intermediate_size"]
+    (d / "jax" / "config.json").write_text(json.dumps(cfg))
+    return ["to-hf", str(d / "jax"), str(d / "out")]
+
+
+def bad_tokenizer_json(d: Path, fx) -> list[str]:
+    shutil.copytree(fx.corpus / "tokenizer", d / "tok")
+    (d / "tok" / "tokenizer.json").write_text('{"version": "1.0",\n "model": }\n')
+    return train_case(d, fx, data={"tokenizer": str(d / "tok")})
+
+
+def bad_yaml(d: Path, fx) -> list[str]:
+    (d / "bad.yaml").write_text("run_dir: x\nmodel:\n  overrides: {hidden_size: 32\nmax_steps: 3\n")
+    return ["--config", str(d / "bad.yaml")]
+
+
+def conll_dir(d: Path) -> Path:
+    (d / "conll").mkdir()
+    for split in ("train", "dev", "test"):
+        (d / "conll" / f"{split}.txt").write_text("Seen O\nby O\nDr. B-PER\nSmith I-PER\n\n")
+    return d / "conll"
+
+
+def non_utf8_conll(d: Path, fx) -> list[str]:
+    conll_dir(d)
+    (d / "conll" / "dev.txt").write_bytes(b"Seen O\nby O\nDr\xe9 B-PER\n\n")
+    return ["--model", str(fx.jax), "--task", "conll", "--data", str(d / "conll"), "--seeds", "1", "--epochs", "1",
+            "--results-dir", str(d / "results")]
+
+
+@dataclass
+class Case:
+    id: str
+    cmd: str
+    setup: Callable[[Path, SimpleNamespace], list[str]]
+    expect: tuple[str, ...]  # substrings of the error line ("{d}" = the case directory, "{fx}" = the fixtures)
+    status: int = 2
+
+
+CASES = [
+    # train.py: every kind of bad input before any work
+    Case("train-missing-corpus", "train", lambda d, fx: train_case(
+        d, fx, data={"sources": [{"name": "notes", "paths": [str(d / "nope.jsonl")], "field": "text"}]}),
+        ("{d}/nope.jsonl", "path not found")),
+    Case("train-empty-corpus", "train", lambda d, fx: corpus_case(d, fx, ""), ("{d}/c.jsonl", "no documents")),
+    Case("train-corpus-is-a-directory-of-nothing", "train", lambda d, fx: (
+        (d / "empty").mkdir(), train_case(d, fx, data={"sources": [{"name": "n", "paths": [str(d / "empty")]}]}))[1],
+        ("{d}/empty", "no files")),
+    Case("train-blank-corpus", "train", lambda d, fx: corpus_case(d, fx, "\n  \n\n"), ("{d}/c.jsonl",)),
+    Case("train-seq-len-negative", "train", lambda d, fx: train_case(d, fx, data={"seq_len": -5}),
+         ("data.seq_len", ">= 4", "-5")),
+    Case("train-seq-len-beyond-positions", "train", lambda d, fx: train_case(d, fx, data={"seq_len": 512}),
+         ("data.seq_len", "512", "max_position_embeddings (256)")),
+    Case("train-vocab-smaller-than-tokenizer", "train", lambda d, fx: train_case(
+        d, fx, model={"overrides": {**TINY_MODEL, "vocab_size": 100}}),
+        ("{fx}/corpus/tokenizer", "vocab_size is 100", "512 tokens")),
+    Case("train-missing-tokenizer", "train", lambda d, fx: train_case(d, fx, data={"tokenizer": str(d / "tok")}),
+         ("tokenizer not found", "{d}/tok")),
+    Case("train-tokenizer-invalid-json", "train", bad_tokenizer_json, ("{d}/tok/tokenizer.json", "invalid JSON")),
+    Case("train-config-invalid-yaml", "train", bad_yaml, ("{d}/bad.yaml:4", "invalid YAML")),
+    Case("train-config-missing", "train", lambda d, fx: ["--config", str(d / "none.yaml")], ("{d}/none.yaml",)),
+    Case("train-init-refused-pickle", "train", lambda d, fx: train_case(
+        d, fx, model={"init": str(fx.evil), "overrides": {}}, data={"tokenizer": str(fx.corpus / "tokenizer")}),
+        ("{fx}/evil/pytorch_model.bin", "refused to unpickle", "posix.system", "nothing in it was executed")),
+    Case("train-init-corrupted-checkpoint", "train", lambda d, fx: train_case(
+        d, fx, model={"init": str(corrupt_step(copy_run(fx, d), 2)), "overrides": {}}),
+        ("{d}/run/checkpoints/2",)),
+    Case("train-resume-another-model-size", "train", lambda d, fx: resume_case(
+        d, fx, model={"overrides": {**TINY_MODEL, "hidden_size": 64, "intermediate_size": 96}}),
+        ("{d}/run", "model hidden_size: run has 32, now 64", "model intermediate_size")),
+    Case("train-resume-other-data-settings", "train", lambda d, fx: resume_case(d, fx, data={"seq_len": 32}),
+         ("{d}/run", "data.seq_len: run has 64, now 32")),
+    # convert_weights.py
+    Case("to-hf-config-disagrees-with-params", "convert", disagreeing_config,
+         ("{d}/jax", "shape", "192")),
+    Case("to-jax-refused-pickle", "convert", lambda d, fx: ["to-jax", str(fx.evil), str(d / "out")],
+         ("{fx}/evil/pytorch_model.bin", "refused to unpickle", "posix.system")),
+    Case("to-jax-missing-source", "convert", lambda d, fx: ["to-jax", str(d / "none"), str(d / "out")],
+         ("{d}/none",)),
+    Case("to-hf-corrupted-step", "convert", lambda d, fx: [
+        "to-hf", str(corrupt_step(copy_run(fx, d), 2)), str(d / "out")], ("{d}/run/checkpoints/2", "corrupt")),
+    # evaluate.py, bench, demo, the data CLI
+    Case("evaluate-missing-model", "evaluate", lambda d, fx: [
+        "--model", str(d / "none"), "--task", "conll", "--data", str(conll_dir(d)), "--results-dir", str(d / "r")],
+        ("{d}/none",)),
+    Case("evaluate-non-utf8-conll", "evaluate", non_utf8_conll, ("{d}/conll/dev.txt", "UTF-8")),
+    Case("evaluate-unknown-option", "evaluate", lambda d, fx: [
+        "--model", str(fx.jax), "--task", "conll", "--data", str(d), "colour=blue", "--results-dir", str(d / "r")],
+        ("colour",)),
+    Case("bench-missing-model", "bench", lambda d, fx: ["--model", str(d / "none"), "--out", str(d / "out")],
+         ("--model {d}/none", "config.json")),
+    Case("bench-bad-lengths", "bench", lambda d, fx: ["--lengths", "64,abc", "--out", str(d / "out")],
+         ("--lengths", "'64,abc'", "integers")),
+    Case("demo-steps-zero", "demo", lambda d, fx: ["--steps", "0"], ("--steps", ">= 1")),
+    Case("data-stats-missing-tokenizer", "data", lambda d, fx: [
+        "stats", "--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "r"))), f"tokenizer={d / 'tok'}"],
+        ("tokenizer not found", "{d}/tok")),
+    Case("data-stats-invalid-yaml", "data", lambda d, fx: ["stats", *bad_yaml(d, fx)], ("{d}/bad.yaml",)),
+]
+
+
+def run_command(cmd: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *COMMANDS[cmd], *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def error_line(stderr: str) -> str:
+    """The single `error:` line, which must end stderr; no traceback anywhere."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, fx, tmp_path):
+    args = case.setup(tmp_path, fx)
+    before = digests(tmp_path, fx.root)
+    out = run_command(case.cmd, args)
+    assert out.returncode == case.status, out.stderr[-3000:]
+    line = error_line(out.stderr)
+    print(f"{case.id} | {out.returncode} | {line}")  # the table of cases and their lines (pytest -s)
+    for part in case.expect:
+        assert part.format(d=tmp_path, fx=fx.root) in line, line
+    after = digests(tmp_path, fx.root)
+    assert {k: after.get(k) for k in before} == before  # nothing that existed was changed or removed
+    assert not fx.marker.exists()
+    assert "weights_only" not in line
+
+
+def test_debug_shows_the_traceback(fx, tmp_path):
+    args = train_case(tmp_path, fx, data={"seq_len": -5})
+    for how in (["--debug"], []):
+        env = {**ENV, "BCMB_DEBUG": "1"} if not how else ENV
+        out = subprocess.run([sys.executable, "train.py", *args, *how], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 2 and "Traceback" in out.stderr and "ConfigError" in out.stderr
+        assert out.stderr.splitlines()[-1].startswith("error: data.seq_len")
+
+
+def test_a_bug_keeps_its_traceback():
+    from bcmb_jax import cli
+
+    @cli.command
+    def main(argv):
+        return {}["no such key"]
+
+    with pytest.raises(KeyError):
+        main([])
+    assert cli.describe(ZeroDivisionError()) is None
+
+
+def test_ctrl_c_during_a_conversion(tmp_path):
+    """SIGINT mid-conversion: one line, exit 130, no temporary sibling left, the old output untouched."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    big = tmp_path / "big"
+    cfg = hf_model("mlm").config
+    cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size = 65536, 256, 384
+    cfg.save_pretrained(big)
+    from bcmb_jax.config import ModelConfig
+    from bcmb_jax.params import expected_shape, key_map
+
+    mcfg = ModelConfig.from_hf_dict(json.loads((big / "config.json").read_text()))
+    rng = np.random.default_rng(0)
+    shapes = {e.hf: expected_shape(e, mcfg)[::-1] if e.transpose else expected_shape(e, mcfg)
+              for e in key_map(mcfg, "mlm")}
+    save_file({k: rng.standard_normal(v, dtype=np.float32) for k, v in shapes.items()}, str(big / "model.safetensors"))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("an earlier conversion")
+    before = digests(tmp_path)
+    proc = subprocess.Popen([sys.executable, "convert_weights.py", "to-jax", str(big), str(out_dir), "--overwrite",
+                             "--no-progress"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".out.tmp-*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted" in error_line(stderr)
+    assert not list(tmp_path.glob(".out.*")), list(tmp_path.iterdir())
+    assert digests(tmp_path) == before
+
+
+def test_resume_differences_lists_model_and_data_keys():
+    from bcmb_jax import preflight
+    from bcmb_jax.config import ModelConfig
+
+    old = ModelConfig.from_hf_dict(TINY_MODEL).to_hf_dict("ModernBertForMaskedLM")
+    new = ModelConfig.from_hf_dict({**TINY_MODEL, "num_hidden_layers": 6}).to_hf_dict()
+    data = {"seq_len": 64, "mlm_probability": 0.3, "num_threads": 1, "tokenizer": "a"}
+    assert preflight.resume_differences(old, old, data, {**data, "num_threads": 4, "tokenizer": "b"}) == []
+    diffs = preflight.resume_differences(old, new, data, {**data, "mlm_probability": 0.15})
+    assert diffs[-1] == "data.mlm_probability: run has 0.3, now 0.15"
+    assert "model num_hidden_layers: run has 3, now 6" in diffs
+    assert any(d.startswith("model layer_types") for d in diffs)
+
+
+def test_seq_len_and_vocabulary_checks():
+    from types import SimpleNamespace as NS
+
+    from bcmb_jax import preflight
+    from bcmb_jax.config import ConfigError, ModelConfig
+
+    mcfg = ModelConfig.from_hf_dict(TINY_MODEL)
+    preflight.check_seq_len(256, mcfg)
+    for bad, words in ((3, ">= 4"), (257, "max_position_embeddings (256)")):
+        with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            preflight.check_seq_len(bad, mcfg)
+    tok = NS(vocab_size=512, cls_id=1, sep_id=2, pad_id=3, mask_id=4)
+    preflight.check_vocabulary(mcfg, tok, "tok")
+    with pytest.raises(ConfigError, match=r"special token id\(s\) \{'\[MASK\]': 600\}"):
+        preflight.check_vocabulary(mcfg, NS(**{**vars(tok), "vocab_size": 300, "mask_id": 600}), "tok")
+    with pytest.raises(ConfigError, match="random_token_high"):
+        preflight.check_vocabulary(mcfg, tok, "tok", random_token_high=513)
+
+
+def test_library_errors_name_the_file(tmp_path, capsys):
+    """JSON, decoding, YAML, OS and safetensors errors become one line naming the file the code was reading."""
+    import yaml
+    from safetensors.numpy import load_file
+
+    from bcmb_jax import cli
+
+    bad_json, latin, bad_yaml, short = (tmp_path / n for n in ("c.json", "notes.txt", "c.yaml", "w.safetensors"))
+    bad_json.write_text('{\n  "a": 1,\n}\n')
+    latin.write_bytes(b"ok\nfi\xe8vre\n")
+    bad_yaml.write_text("a: [1, 2\nb: 3\n")
+    short.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+
+    def read(path: Path):
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        if path.suffix == ".yaml":
+            with path.open() as f:
+                return yaml.safe_load(f)
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return path.read_text(encoding="utf-8")
+
+    @cli.command
+    def main(argv):
+        read(Path(argv[0]))
+        return 0
+
+    expect = {bad_json: f"{bad_json}:3: invalid JSON", latin: f"{latin}:2: not valid utf-8 text (byte 0xe8",
+              bad_yaml: f"{bad_yaml}:2: invalid YAML", short: f"{short}: ",
+              tmp_path / "none.json": f"{tmp_path / 'none.json'}: No such file or directory"}
+    for path, start in expect.items():
+        assert main([str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: " + start) and err.count("\n") == 1, err
+
+    @cli.command
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert interrupted([]) == 130 and capsys.readouterr().err.startswith("error: interrupted")
