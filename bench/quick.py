@@ -1,78 +1,47 @@
-"""Quick speed check: JAX forward vs Hugging Face torch (sdpa) on the same random base-size weights.
+"""Quick speed check: a preset of `bench/throughput.py` (JAX forward vs torch sdpa, fixed sets, in one process).
 
-    python bench/quick.py [--shapes 8x512,1x8192] [--repeats 3] [--size base|tiny]
+    python bench/quick.py [--shapes 8x512,1x8192] [--repeats 3] [--size base|mini] [--out bench/out/quick]
 
-Prints real tokens/s per backend and shape, and the JAX/torch ratio. Warm-up (compilation) is
-excluded; each figure is the median of `--repeats` timed forward passes.
+Each shape RxL is the `fixed_L` set of R documents, one forward call; no training. Prints tokens/s
+per backend and shape and the JAX/torch ratio (the table of `throughput.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bcmb_jax import cli  # noqa: E402
+from bench import throughput  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def argv_for(shapes: str, repeats: int, size: str, out: str) -> list[str]:
+    """The `throughput.py` arguments of the preset."""
+    pairs = [tuple(int(x) for x in s.split("x")) for s in shapes.split(",") if s]
+    lengths, samples = [str(L) for _, L in pairs], [str(R) for R, _ in pairs]
+    batch = max(R * L for R, L in pairs)
+    return ["--size", size, "--sets", "fixed", "--lengths", ",".join(lengths), "--samples", ",".join(samples),
+            "--batch-tokens", str(batch), "--repeats", str(repeats), "--train-lengths", "", "--in-process",
+            "--out", out]
 
 
-def main(argv=None) -> None:
+@cli.command
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="8x512,1x8192", help="batch x length pairs, comma separated")
+    ap.add_argument("--shapes", default="8x512,1x8192", help="rows x length pairs, comma separated")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--size", default="base", choices=["base", "tiny"])
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    ap.add_argument("--size", default="base", choices=sorted(throughput.SIZES))
+    ap.add_argument("--out", default=str(throughput.ROOT / "bench" / "out" / "quick"))
     args = ap.parse_args(argv)
-
-    import jax
-    import numpy as np
-    import torch
-    import transformers as tf
-
-    import bcmb_jax
-
-    torch.set_num_threads(args.threads)
-    kw = {} if args.size == "base" else dict(hidden_size=128, intermediate_size=192, num_hidden_layers=4,
-                                              num_attention_heads=2)
-    cfg = tf.ModernBertConfig(**kw)
-    torch.manual_seed(0)
-    hf = tf.ModernBertModel(cfg).eval()
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        model = bcmb_jax.from_pretrained(d)
-    print(f"model: {args.size} ({sum(p.numel() for p in hf.parameters()) / 1e6:.1f}M params), "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), fp32")
-    print(f"{'shape':>8} {'jax tok/s':>10} {'torch tok/s':>12} {'ratio':>6}")
-    for shape in args.shapes.split(","):
-        B, T = map(int, shape.split("x"))
-        ids = np.random.default_rng(0).integers(100, 16000, size=(B, T))
-        mask = np.ones_like(ids)
-
-        def run_jax(ids=ids, mask=mask):
-            model(ids, attention_mask=mask).last_hidden_state.block_until_ready()
-
-        def run_torch(ids=ids, mask=mask):
-            with torch.inference_mode():
-                hf(torch.tensor(ids), attention_mask=torch.tensor(mask))
-
-        tj, tt = timed(run_jax, args.repeats), timed(run_torch, args.repeats)
-        print(f"{shape:>8} {B * T / tj:>10.0f} {B * T / tt:>12.0f} {tt / tj:>6.2f}", flush=True)
+    try:
+        preset = argv_for(args.shapes, args.repeats, args.size, args.out)
+    except ValueError:
+        ap.error(f"--shapes takes RxL pairs such as 8x512,1x8192, got {args.shapes!r}")
+    return throughput.main(preset)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,0 +1,1 @@
+"""Speed of bcmb-jax against Hugging Face transformers: measurement, FLOP model, cases, reports, CLIs."""
