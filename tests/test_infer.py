@@ -100,7 +100,8 @@ def test_long_rows_only_where_attention_skips_other_documents():
     lengths = normal_lengths(512, 32)
     on_cpu = jax.default_backend() == "cpu"
     assert skips_other_documents(_Model("blocked")) == on_cpu
-    assert not skips_other_documents(_Model("reference")) and not skips_other_documents(_Model("gpu"))
+    assert not skips_other_documents(_Model("reference"))
+    assert skips_other_documents(_Model("gpu"))  # the Pallas kernel (or, without a GPU, the blocked kernels)
     assert max(c.row_len for c in plan_rows(_Model("reference"), lengths).calls) == 512
 
 
