@@ -26,6 +26,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from bcmb_jax.atomic import write_text
+
 DEFAULT_DIR = Path("runs") / "demo_data"  # relative to the working directory, as configs/demo.yaml reads it
 CORPUS_FILE, TOKENIZER_DIR = "clinical_notes.jsonl", "tokenizer"
 DEFAULTS = {"n_docs": 3000, "seed": 0, "vocab_size": 4096}  # what the first-use build writes
@@ -264,23 +266,11 @@ def generate_notes(n_docs: int, seed: int = 0) -> Iterator[tuple[str, str]]:
         yield kind, _WRITERS[kind](rng, _patient(rng))
 
 
-def _atomic_write(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_corpus(path: str | Path, n_docs: int = 3000, seed: int = 0) -> Path:
     """Writes the notes as JSONL records {"text", "type"} (atomically); returns the path."""
     path = Path(path)
     records = (json.dumps({"text": text, "type": kind}) + "\n" for kind, text in generate_notes(n_docs, seed))
-    _atomic_write(path, records)
+    write_text(path, "".join(records))
     return path
 
 
@@ -325,9 +315,9 @@ def build_tokenizer(corpus_files: Iterable[str | Path], out_dir: str | Path, voc
            "model_input_names": ["input_ids", "attention_mask"], "clean_up_tokenization_spaces": False,
            **names, "added_tokens_decoder": {str(ids[v]): {**token_map[k], "special": True}
                                              for k, v in names.items()}}
-    _atomic_write(out / "tokenizer.json", [tok.to_str(pretty=True)])
-    _atomic_write(out / "tokenizer_config.json", [json.dumps(cfg, indent=2) + "\n"])
-    _atomic_write(out / "special_tokens_map.json", [json.dumps(token_map, indent=2) + "\n"])
+    write_text(out / "tokenizer.json", tok.to_str(pretty=True))
+    write_text(out / "tokenizer_config.json", json.dumps(cfg, indent=2) + "\n")
+    write_text(out / "special_tokens_map.json", json.dumps(token_map, indent=2) + "\n")
     return ids
 
 
