@@ -1,11 +1,10 @@
-"""Input pipeline for continued MLM pretraining: sources -> tokenize -> chunk -> pack -> mask.
+"""The MLM input pipeline the trainer uses: the `data:` config, the grain iterator, and its CLI.
 
-Stage 1 (`prepare`) reads every source file (`bcmb_jax.sources`), tokenizes its documents with the HF fast tokenizer and
-cuts each document independently into `[CLS] ... [SEP]` chunks of at most `seq_len` tokens (the
-original recipe's rule). The chunks of a file are kept as flat token arrays, optionally cached on
-disk (`cache_dir`) keyed by file content + tokenizer + settings, so later runs skip tokenization.
-Stage 2 (`bcmb_jax.packing`) is a grain pipeline: per-epoch shuffled chunk order over the weighted
-sources, split across processes, best-fit packed into rows, batched and masked deterministically.
+`make_iterator` turns a `DataConfig` into a checkpointable grain iterator of masked MLM batches: stage 1
+(`bcmb_jax.corpus.prepare`) reads every source (`bcmb_jax.sources`), cuts each document into `[CLS] ... [SEP]`
+chunks of at most `seq_len` tokens (`bcmb_jax.chunking`) and caches them on disk; stage 2 (`bcmb_jax.packing`)
+shuffles the chunks per epoch over the weighted sources, splits them across processes, best-fit packs
+them into rows, batches and masks them deterministically. The CLI measures the pipeline or fills the cache:
 
     python -m bcmb_jax.data stats --config run.yaml [data.seq_len=1024 max_batches=50 ...]
     python -m bcmb_jax.data prepare --config run.yaml      # fill the token cache only
@@ -14,40 +13,20 @@ sources, split across processes, best-fit packed into rows, batched and masked d
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from bcmb_jax import cli
 from bcmb_jax import config as cfglib
 from bcmb_jax.config import opt
-from bcmb_jax.sources import (  # noqa: F401 - re-exported: the pipeline's readers
-    DataError,
-    ReadStats,
-    SourceConfig,
-    expand_paths,
-    file_format,
-    iter_documents,
-    iter_file_documents,
-)
-from bcmb_jax.tokenizer import TokenizerInfo, load_tokenizer  # noqa: F401 - re-exported: the pipeline's tokenizer
-
-log = logging.getLogger(__name__)
-
-_PIECE_CHARS = 100_000  # long documents are tokenized in pieces of about this many characters
-_BATCH_CHARS = 4_000_000  # characters per batched tokenizer call
-_CACHE_VERSION = 1
-
+from bcmb_jax.corpus import Corpus, prepare
+from bcmb_jax.sources import DataError, SourceConfig
+from bcmb_jax.tokenizer import TokenizerInfo, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -79,291 +58,6 @@ class DataConfig:
                                "they memory-map the token cache instead of receiving a copy")
     prefetch: int = opt(8, "elements prefetched by grain's reader")
     max_docs: int | None = opt(None, "read at most this many documents per source (quick runs; no cache)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenization and chunking
-
-
-def _split_text(text: str, max_chars: int = _PIECE_CHARS) -> list[str]:
-    """Cuts a long text before single spaces between words, so piecewise tokenization equals whole-text
-    tokenization for byte-level BPE (the space stays with the next word)."""
-    pieces, pos = [], 0
-    while len(text) - pos > max_chars:
-        cut, lo, hi = -1, pos + max_chars // 2, pos + max_chars
-        while hi > lo:
-            i = text.rfind(" ", lo, hi)
-            if i <= 0:
-                break
-            if not text[i - 1].isspace() and i + 1 < len(text) and not text[i + 1].isspace():
-                cut = i
-                break
-            hi = i
-        cut = cut if cut > pos else pos + max_chars
-        pieces.append(text[pos:cut])
-        pos = cut
-    pieces.append(text[pos:])
-    return pieces
-
-
-class Chunker:
-    """Splits one document's token stream into `[CLS] content [SEP]` chunks of at most `seq_len` tokens.
-
-    Every chunk holds up to `seq_len - 2` content tokens; the tail chunk keeps whatever is left. With a
-    byte-level tokenizer and `prefix_space`, the first token of each continuation chunk is re-tokenized
-    with a leading space (" " + its text), as the original conversion did, so chunks start like
-    documents do; the chunk then takes fewer tokens so that it never exceeds `seq_len`. (The original
-    also re-tokenized the first chunk's head, which already carries its space under add_prefix_space;
-    that added a stray whitespace token and could make chunks longer than `seq_len`; we do neither.)
-    """
-
-    def __init__(self, tok: TokenizerInfo, seq_len: int):
-        if seq_len < 4:
-            raise DataError(f"seq_len must be >= 4, got {seq_len}")
-        self.tok, self.budget = tok, seq_len - 2
-        self._heads: dict[int, tuple[int, ...]] = {}
-        self._buf = np.empty(0, np.int32)
-        self._first = True
-
-    def head(self, t: int) -> tuple[int, ...]:
-        if not self.tok.prefix_space:
-            return (t,)
-        if t not in self._heads:
-            s = self.tok.tokenizer.decode([t], skip_special_tokens=False)
-            ids: tuple[int, ...] = (t,)
-            if s and not s[0].isspace() and "\ufffd" not in s and t not in self.tok.special_ids:
-                ids = tuple(self.tok.tokenizer.encode(" " + s, add_special_tokens=False).ids) or (t,)
-            self._heads[t] = ids if len(ids) <= 8 else (t,)
-        return self._heads[t]
-
-    def _chunk(self, head: tuple[int, ...], body: np.ndarray) -> np.ndarray:
-        out = np.empty(len(head) + len(body) + 2, np.int32)
-        out[0], out[-1] = self.tok.cls_id, self.tok.sep_id
-        out[1:1 + len(head)] = head
-        out[1 + len(head):-1] = body
-        return out
-
-    def feed(self, ids: np.ndarray) -> list[np.ndarray]:
-        """Adds tokens of the current document; returns the chunks completed so far."""
-        buf = np.concatenate([self._buf, ids]) if len(self._buf) else np.asarray(ids, np.int32)
-        out = []
-        while len(buf):
-            head = (int(buf[0]),) if self._first else self.head(int(buf[0]))
-            take = self.budget - len(head) + 1
-            if len(buf) < take:
-                break
-            out.append(self._chunk(head, buf[1:take]))
-            buf, self._first = buf[take:], False
-        self._buf = buf
-        return out
-
-    def finish(self) -> list[np.ndarray]:
-        """Ends the document: returns its last (short) chunk, if any, and resets."""
-        out = []
-        if len(self._buf):
-            head = (int(self._buf[0]),) if self._first else self.head(int(self._buf[0]))
-            out.append(self._chunk(head, self._buf[1:]))
-        self._buf, self._first = np.empty(0, np.int32), True
-        return out
-
-
-def tokenize_documents(docs: Iterable[str], tok: TokenizerInfo, seq_len: int) -> Iterator[list[np.ndarray]]:
-    """Yields, per document, its list of chunks. Documents are tokenized in batches; long ones are
-    streamed in pieces, so memory stays bounded for any document length."""
-    chunker = Chunker(tok, seq_len)
-    encode = getattr(tok.tokenizer, "encode_batch_fast", tok.tokenizer.encode_batch)
-    pending: list[tuple[str, bool]] = []  # (piece, last piece of its document)
-    size, current = 0, []
-
-    def flush():
-        nonlocal current
-        results = []
-        for (_, last), enc in zip(pending, encode([p for p, _ in pending], add_special_tokens=False)):
-            current += chunker.feed(np.asarray(enc.ids, np.int32))
-            if last:
-                results.append(current + chunker.finish())
-                current = []
-        pending.clear()
-        return results
-
-    for doc in docs:
-        pieces = _split_text(doc)
-        for i, piece in enumerate(pieces):
-            pending.append((piece, i == len(pieces) - 1))
-            size += len(piece)
-            if size >= _BATCH_CHARS or len(pending) >= 4096:
-                yield from flush()
-                size = 0
-    if pending:
-        yield from flush()
-
-
-# ---------------------------------------------------------------------------------------------
-# Token store (per source file, optionally cached on disk)
-
-
-@dataclass
-class FileTokens:
-    """The chunks of one file: chunk i = tokens[offsets[i]:offsets[i+1]], from document doc_ids[i]."""
-
-    tokens: np.ndarray
-    offsets: np.ndarray
-    doc_ids: np.ndarray
-    stats: dict
-    path: str | None = None  # cache directory when memory-mapped
-
-    def __getstate__(self):
-        if self.path is not None:  # ship the cache path to worker processes, not the arrays
-            return {"path": self.path, "stats": self.stats}
-        return self.__dict__
-
-    def __setstate__(self, state):
-        if "tokens" not in state:
-            state = dataclasses.asdict(_load_cached(Path(state["path"])))
-        self.__dict__.update(state)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _cache_key(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int) -> str:
-    key = {"v": _CACHE_VERSION, "file": _file_sha256(path), "tokenizer": tok.fingerprint, "seq_len": seq_len,
-           "prefix_space": tok.prefix_space, "format": file_format(path, src.format), "fields": src.fields(),
-           "csv_header": src.csv_header, "delimiter": src.delimiter, "encoding": src.encoding}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _load_cached(d: Path) -> FileTokens:
-    meta = json.loads((d / "meta.json").read_text())
-    arrays = [np.load(d / f"{n}.npy", mmap_mode="r") for n in ("tokens", "offsets", "doc_ids")]
-    return FileTokens(*arrays, stats=meta["stats"], path=str(d))
-
-
-def _write_cached(d: Path, ft: FileTokens, source_path: Path) -> None:
-    """Writes into a temporary sibling directory, then renames it into place (atomic)."""
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{d.name}-", dir=d.parent))
-    try:
-        for name in ("tokens", "offsets", "doc_ids"):
-            np.save(tmp / f"{name}.npy", getattr(ft, name))
-        (tmp / "meta.json").write_text(json.dumps({"source": str(source_path), "stats": ft.stats}, indent=1))
-        os.rename(tmp, d)
-    except OSError:
-        if not (d / "meta.json").is_file():  # a concurrent writer did not win the race either
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def tokenize_file(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int,
-                  max_docs: int | None = None) -> FileTokens:
-    """Reads, tokenizes and chunks one file into flat arrays."""
-    stats = ReadStats()
-    docs = iter_file_documents(path, src, stats)
-    if max_docs is not None:
-        docs = (d for _, d in zip(range(max_docs), docs))
-    chunks, doc_ids = [], []
-    for i, doc_chunks in enumerate(tokenize_documents(docs, tok, seq_len)):
-        chunks += doc_chunks
-        doc_ids += [i] * len(doc_chunks)
-    lengths = np.array([len(c) for c in chunks], np.int64)
-    offsets = np.zeros(len(chunks) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    tokens = np.concatenate(chunks).astype(tok.dtype) if chunks else np.empty(0, tok.dtype)
-    stats.chunks, stats.tokens = len(chunks), int(offsets[-1])
-    return FileTokens(tokens, offsets, np.asarray(doc_ids, np.int64), dataclasses.asdict(stats))
-
-
-class ChunkStore:
-    """Random access to the chunks of one source (the concatenation of its files)."""
-
-    def __init__(self, name: str, parts: list[FileTokens]):
-        self.name, self.parts = name, parts
-        self._starts = np.cumsum([0] + [len(p.offsets) - 1 for p in parts])
-        self.stats = ReadStats()
-        for p in parts:
-            self.stats.add(p.stats)
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        f = int(np.searchsorted(self._starts, i, side="right")) - 1
-        p, j = self.parts[f], i - int(self._starts[f])
-        return np.asarray(p.tokens[p.offsets[j]:p.offsets[j + 1]], np.int32)
-
-    def lengths(self) -> np.ndarray:
-        return np.concatenate([np.diff(p.offsets) for p in self.parts]) if self.parts else np.empty(0, np.int64)
-
-    def doc_ids(self) -> np.ndarray:
-        """A source-wide document id per chunk."""
-        out, base = [], 0
-        for p in self.parts:
-            out.append(np.asarray(p.doc_ids) + base)
-            base += int(p.stats["docs"])
-        return np.concatenate(out) if out else np.empty(0, np.int64)
-
-
-def prepare_source(src: SourceConfig, tok: TokenizerInfo, seq_len: int, cache_dir: str | None = None,
-                   max_docs: int | None = None) -> ChunkStore:
-    """Tokenizes every file of `src` (or loads its cache entry)."""
-    parts, left = [], max_docs
-    for path in expand_paths(src):
-        if left is not None and left <= 0:
-            break
-        if cache_dir and max_docs is None:
-            d = Path(cache_dir).expanduser() / f"{path.stem[:40]}-{_cache_key(path, src, tok, seq_len)}"
-            if (d / "meta.json").is_file():
-                parts.append(_load_cached(d))
-                continue
-            _write_cached(d, tokenize_file(path, src, tok, seq_len), path)
-            parts.append(_load_cached(d))
-        else:
-            parts.append(tokenize_file(path, src, tok, seq_len, left))
-            if left is not None:
-                left -= parts[-1].stats["docs"]
-    return ChunkStore(src.name, parts)
-
-
-@dataclass
-class Corpus:
-    stores: list[ChunkStore]
-    weights: list[float]
-    seconds: float  # time spent preparing
-
-    def stats(self) -> ReadStats:
-        total = ReadStats()
-        for s in self.stores:
-            total.add(s.stats)
-        return total
-
-
-def prepare(cfg: DataConfig, tok: TokenizerInfo) -> Corpus:
-    """Stage 1 for all sources."""
-    if not cfg.sources:
-        raise DataError("data.sources is empty (expected at least one source with `paths`)")
-    names = [s.name for s in cfg.sources]
-    if len(set(names)) != len(names):
-        raise DataError(f"data.sources: names must be unique, got {names}")
-    t0 = time.perf_counter()
-    stores = []
-    for src in cfg.sources:
-        if src.weight < 0:
-            raise DataError(f"source {src.name!r}: weight must be >= 0, got {src.weight}")
-        stores.append(prepare_source(src, tok, cfg.seq_len, cfg.cache_dir, cfg.max_docs))
-        st = stores[-1].stats
-        log.info("source %s: %d files, %d docs, %d chunks, %d tokens", src.name, st.files, st.docs, st.chunks,
-                 st.tokens)
-    if not any(len(s) * src.weight > 0 for s, src in zip(stores, cfg.sources)):
-        files = ", ".join(str(p) for src in cfg.sources for p in src.paths)
-        raise DataError(f"{files}: no documents to train on in data.sources {names} (every file empty or blank, "
-                        "or weight 0); expected at least one non-empty document")
-    return Corpus(stores, [s.weight for s in cfg.sources], time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def build_tokenizer(corpus_files: Iterable[str | Path], out_dir: str | Path, voc
     extra space (ByteLevel's add_prefix_space would add one after every added token)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    from bcmb_jax.data import SourceConfig, iter_documents
+    from bcmb_jax.sources import SourceConfig, iter_documents
 
     files = [str(f) for f in corpus_files]
     docs = iter_documents(SourceConfig(name="tokenizer", paths=files, field=field))

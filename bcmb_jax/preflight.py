@@ -18,7 +18,7 @@ from bcmb_jax.config import ConfigError, ModelConfig, to_dict
 from bcmb_jax.sources import DataError, expand_paths
 
 if TYPE_CHECKING:
-    from bcmb_jax.data import TokenizerInfo
+    from bcmb_jax.tokenizer import TokenizerInfo
     from bcmb_jax.trainer import TrainConfig
 
 MIN_SEQ_LEN = 4  # [CLS] + at least two tokens + [SEP]
@@ -119,7 +119,7 @@ def check_resume(run_dir: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
 
 def check_run(cfg: TrainConfig, mcfg: ModelConfig) -> TokenizerInfo | None:
     """Every check train.py makes before it builds, reads or writes anything; returns the tokenizer it loaded."""
-    from bcmb_jax.data import load_tokenizer
+    from bcmb_jax.tokenizer import load_tokenizer
 
     check_seq_len(cfg.data.seq_len, mcfg)
     tok = load_tokenizer(cfg.data.tokenizer, cfg.data.prefix_space, mask_token_id=cfg.data.mask_token_id,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bcmb_jax import demo_data
-from bcmb_jax.data import DataError, SourceConfig, iter_documents, load_tokenizer
+from bcmb_jax.sources import DataError, SourceConfig, iter_documents
+from bcmb_jax.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -102,7 +103,7 @@ def test_prompts_tokenize_like_training_text(demo):
     transformers = pytest.importorskip("transformers")
     d, _, _ = demo
     tok = transformers.AutoTokenizer.from_pretrained(d / "tok")
-    train = load_tokenizer(d / "tok").tokenizer  # what data.py tokenizes documents with
+    train = load_tokenizer(d / "tok").tokenizer  # what chunking.py tokenizes documents with
     plain = load_tokenizer(d / "tok", prefix_space=False).tokenizer
 
     def ids(text):
