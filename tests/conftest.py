@@ -1,4 +1,4 @@
-"""Shared fixtures: random Hugging Face ModernBERT models built locally (no hub access)."""
+"""Shared fixtures: random Hugging Face ModernBERT models and a tiny JAX checkpoint, built locally (no hub access)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from task_helpers import write_conll_task, write_csv_task
 
 jax.config.update("jax_default_matmul_precision", "highest")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +18,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
             local_attention=16, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             cls_token_id=1, sep_token_id=2)
+# A tiny bcmb_jax ModelConfig (fine-tuning, evaluate.py); the `tiny` fixture's checkpoint.
+TINY_MODEL = dict(vocab_size=600, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                  local_attention=16, max_position_embeddings=512, pad_token_id=3, cls_token_id=1, sep_token_id=2,
+                  bos_token_id=1, eos_token_id=2, mask_token_id=4, classifier_pooling="mean")
 
 
 def shared_data(*parts: str) -> Path:
@@ -52,3 +57,18 @@ def save_hf(model, directory: Path, **kwargs) -> Path:
 
 def rng_ids(shape, vocab=512, low=3, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(low, vocab, size=shape).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A BPE tokenizer, a random tiny JAX ModernBERT checkpoint holding it, and three small tasks."""
+    from bcmb_jax import demo_data, model, pretrained
+    from bcmb_jax.config import ModelConfig
+
+    d = tmp_path_factory.mktemp("evaluate")
+    demo_data.write_corpus(d / "notes.jsonl", n_docs=120, seed=1)
+    demo_data.build_tokenizer([d / "notes.jsonl"], d / "tok", vocab_size=600)
+    mlm = model.build(ModelConfig(**TINY_MODEL), "mlm", seed=0)
+    pretrained.save_jax(mlm, d / "tiny", tokenizer_dir=d / "tok")
+    return {"root": d, "model": d / "tiny", "tok": d / "tok", "csv": write_csv_task(d / "csv"),
+            "multi": write_csv_task(d / "multi", multilabel=True), "conll": write_conll_task(d / "conll")}

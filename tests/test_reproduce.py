@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from test_evaluate import write_conll_task, write_csv_task
+from task_helpers import write_conll_task, write_csv_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
