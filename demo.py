@@ -19,10 +19,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+from typing import NamedTuple
+
+import yaml
 
 from bcmb_jax import cli
+from bcmb_jax.atomic import atomic
 from bcmb_jax.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent
@@ -58,23 +61,27 @@ def prepare_data(real: bool) -> tuple[Path, list[str]]:
     return tokenizer_dir, []
 
 
-def random_hf_model(tokenizer_dir: Path, out: Path) -> None:
-    """A small random ModernBertForMaskedLM (4 layers x 128) matching the tokenizer, saved with it."""
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "local_attention",
+              "global_attn_every_n_layers", "max_position_embeddings")
+
+
+def random_hf_model(tokenizer_dir: Path, out: Path, shape: dict) -> None:
+    """A small random ModernBertForMaskedLM of the config's shape (`model.overrides`), saved with the tokenizer."""
     import torch
     import transformers as tf
 
     tok = tf.AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = tf.ModernBertConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4,
-        local_attention=32, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok), **{k: shape[k] for k in SHAPE_KEYS if k in shape}, pad_token_id=tok.pad_token_id,
         cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
         eos_token_id=tok.sep_token_id, classifier_pooling="mean")
     torch.manual_seed(0)
     shutil.rmtree(out, ignore_errors=True)
-    tf.ModernBertForMaskedLM(cfg).save_pretrained(out)
+    model = tf.ModernBertForMaskedLM(cfg)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
-    print(f"random HF ModernBERT: {sum(p.numel() for p in tf.ModernBertForMaskedLM(cfg).parameters()):,} "
-          f"parameters -> {out}")
+    print(f"random HF ModernBERT: {cfg.num_hidden_layers} layers x {cfg.hidden_size}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters -> {out}")
 
 
 def run(args: list[str]) -> None:
@@ -106,22 +113,18 @@ def plot_loss(rows: list[dict], out: Path) -> Path:
     lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="learning rate")
     lr_ax.set_ylabel("learning rate", color="tab:orange")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with atomic(out, overwrite=True) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
     return out
 
 
-# Held-out fill-mask: the last word of a sentence is masked. Shown: for each opening, the first held-out sentence
-# that starts with it (embedded corpus), or the first sentence of each held-out text (--real); the overall line
-# counts every such sentence ending. Only endings of one token qualify (one [MASK] stands for one token).
+# Held-out fill-mask: the last word of a sentence is masked in its note, and the model sees the whole note, as
+# in training. Shown: for each opening, the first held-out sentence that starts with it (embedded corpus), or the
+# first sentence of each held-out text (--real); the overall line counts every such sentence ending. Only endings
+# of one token qualify (one [MASK] stands for one token).
 OPENINGS = ("IMPRESSION:", "Exam is notable for", "PHYSICAL EXAMINATION: Vitals:", "Skin: IV site",
             "DISCHARGE INSTRUCTIONS:", "P: Continue")
 N_SHOWN, N_OVERALL = len(OPENINGS), 300
@@ -141,22 +144,33 @@ def held_out_texts(real: bool, n: int = 64) -> tuple[str, list[str]]:
             [text for _, text in demo_data.generate_notes(n, seed=12345)])
 
 
-def masked_sentences(texts: list[str], n_tokens) -> list[tuple[str, str, int]]:
-    """(sentence with its last word as [MASK], the word, index of its text) for every sentence ending in a
-    one-token word."""
+class Case(NamedTuple):
+    shown: str  # the sentence, its last word as [MASK]
+    masked: str  # the whole text with that word as [MASK]: what the model reads
+    word: str  # the masked word
+    text: int  # index of the held-out text
+
+
+def masked_sentences(texts: list[str], n_tokens) -> list[Case]:
+    """A case for every sentence ending in a one-token word."""
     out = []
     for k, text in enumerate(texts):
+        cursor = 0
         for sentence in (s for line in text.splitlines() for s in re.split(r"(?<=\.)\s+", line.strip())):
+            at = text.index(sentence, cursor) if sentence else cursor
+            cursor = at + len(sentence)
             m = _LAST_WORD.fullmatch(sentence)
             if m and n_tokens(" " + m[2]) == 1:
-                out.append((f"{m[1]} [MASK]{m[3]}", m[2], k))
+                masked = text[:at + m.start(2)] + "[MASK]" + text[at + m.end(2):]
+                out.append(Case(f"{m[1]} [MASK]{m[3]}", masked, m[2], k))
     return out
 
 
-def shown_cases(cases: list[tuple[str, str, int]], real: bool) -> list[tuple[str, str, int]]:
+def shown_cases(cases: list[Case], real: bool) -> list[Case]:
     if real:
-        return list({c[2]: c for c in reversed(cases)}.values())[::-1][:N_SHOWN]
-    return [next(c for c in cases if c[0].startswith(o)) for o in OPENINGS if any(c[0].startswith(o) for c in cases)]
+        return list({c.text: c for c in reversed(cases)}.values())[::-1][:N_SHOWN]
+    return [next(c for c in cases if c.shown.startswith(o)) for o in OPENINGS
+            if any(c.shown.startswith(o) for c in cases)]
 
 
 def load_hf(model_dir: Path):
@@ -213,8 +227,8 @@ def compare(init_dir: Path, trained_dir: Path, real: bool) -> None:
     every = masked_sentences(texts, n_tokens)
     cases, every = shown_cases(every, real), every[:N_OVERALL]
     models = {"initial": init, "trained": trained}
-    targets = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for _, w, _ in cases]
-    guesses = {name: fill_mask(tok, m, [lead + c for c, _, _ in cases]) for name, m in models.items()}
+    targets = [tok(" " + c.word, add_special_tokens=False)["input_ids"][0] for c in cases]
+    guesses = {name: fill_mask(tok, m, [lead + c.masked for c in cases]) for name, m in models.items()}
     words = {i: tok.decode([i]).strip() or repr(tok.decode([i])) for g in guesses.values() for row in g
              for i, _ in row}
     width = min(10, max(len(w) for w in words.values()))
@@ -222,15 +236,16 @@ def compare(init_dir: Path, trained_dir: Path, real: bool) -> None:
     def cell(row: list[tuple[int, float]]) -> str:
         return "  ".join(f"{words[i][:width]:<{width}} {p:4.2f}" for i, p in row)
 
-    print("fill-mask on held-out sentences, last word masked: top-3 with probabilities")
-    for n, ((shown, word, _), target) in enumerate(zip(cases, targets), 1):
-        print(f"{n:>2}. {shown if len(shown) <= 96 else '...' + shown[-93:]}  -> {word}")
+    print("fill-mask on held-out notes, the last word of a sentence masked: top-3 with probabilities")
+    for n, (case, target) in enumerate(zip(cases, targets), 1):
+        shown = case.shown
+        print(f"{n:>2}. {shown if len(shown) <= 96 else '...' + shown[-93:]}  -> {case.word}")
         marks = {k: "+" if g[n - 1][0][0] == target else " " for k, g in guesses.items()}
         print(f"    initial {marks['initial']} {cell(guesses['initial'][n - 1])}   "
               f"trained {marks['trained']} {cell(guesses['trained'][n - 1])}")
     right = {k: sum(g[j][0][0] == t for j, t in enumerate(targets)) for k, g in guesses.items()}
-    all_targets = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for _, w, _ in every]
-    overall = {name: sum(g[0][0] == t for g, t in zip(fill_mask(tok, m, [lead + c for c, _, _ in every], k=1),
+    all_targets = [tok(" " + c.word, add_special_tokens=False)["input_ids"][0] for c in every]
+    overall = {name: sum(g[0][0] == t for g, t in zip(fill_mask(tok, m, [lead + c.masked for c in every], k=1),
                                                       all_targets)) / max(1, len(every))
                for name, m in models.items()}
     print(f"top-1 correct (+): initial {right['initial']}/{len(cases)}, trained {right['trained']}/{len(cases)}; "
@@ -242,10 +257,14 @@ def compare(init_dir: Path, trained_dir: Path, real: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", action="store_true", help="real tokenizer + pretrain_sample from ../shared/data")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: configs/demo.yaml)")
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="the training config")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config's max_steps)")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="train.py overrides applied on top of the config, e.g. optim.lr=1e-3")
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
+    args.config = args.config.resolve()  # train.py runs in the checkout
     RUNS.mkdir(exist_ok=True)
 
     banner("1. data")
@@ -253,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("2. a random Hugging Face ModernBERT, converted to JAX")
     hf_init, jax_init = RUNS / "demo_hf_init", RUNS / "demo_init"
-    random_hf_model(tokenizer_dir, hf_init)
+    with args.config.open() as f:
+        shape = (yaml.safe_load(f).get("model") or {}).get("overrides") or {}
+    random_hf_model(tokenizer_dir, hf_init, shape)
     run(["convert_weights.py", "to-jax", hf_init, jax_init, "--overwrite"])
 
     banner("3. continued MLM pretraining in JAX")
@@ -270,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         overrides += [f"max_steps={args.steps}", f"schedule.total={args.steps}",
                       f"schedule.decay={max(1, args.steps // 3)}"]
-    run(["train.py", "--config", "configs/demo.yaml", *overrides])
+    overrides += args.overrides
+    run(["train.py", "--config", args.config, *overrides])
     rows = loss_curve(run_dir)
     first, last = rows[0]["loss"], rows[-1]["loss"]
     print(f"MLM loss (30% masking): {first:.3f} at step {rows[0]['step']} -> {last:.3f} at step {rows[-1]['step']}")

@@ -1,4 +1,6 @@
-"""The one atomic writer: a file or directory is written to a temporary sibling, then renamed into place.
+"""Small files on disk: the one atomic writer and the one strict JSON reader.
+
+A file or directory is written to a temporary sibling, then renamed into place.
 
 Temporaries are named `.NAME.tmp-<pid>-<hex>`, so one left by a killed process is recognised by its
 name and removed by the next write of NAME (`remove_stale_temps`); an overwrite moves the old NAME to
@@ -8,12 +10,14 @@ name and removed by the next write of NAME (`remove_stale_temps`); an overwrite 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -103,4 +107,20 @@ def write_text(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic", "write_text", "remove_stale_temps"]
+def read_json(path: str | Path, error: type[Exception], expected: str = "a JSON object") -> dict[str, Any]:
+    """A JSON object read from `path`; any fault raises `error` with one line naming the file (and line)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file (expected {expected})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno}); expected {expected}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte at offset {e.start}); expected {expected}") from None
+    if not isinstance(d, dict):
+        raise error(f"{path}: holds a JSON {type(d).__name__}; expected {expected}")
+    return d
+
+
+__all__ = ["atomic", "read_json", "write_text", "remove_stale_temps"]

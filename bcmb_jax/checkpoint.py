@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from bcmb_jax.atomic import write_text
+from bcmb_jax.atomic import read_json, write_text
 from bcmb_jax.config import ConfigError, ModelConfig
 from bcmb_jax.params import BIN_NAMES, SAFE_NAMES, WeightsError
 
@@ -113,7 +113,7 @@ def locate(path: str | Path) -> Located:
 def read_config(where: Located) -> tuple[ModelConfig, dict[str, Any]]:
     """(ModelConfig, the raw config.json dict) of a located checkpoint."""
     cfg = ModelConfig.from_json(where.config)
-    return cfg, json.loads(where.config.read_text())
+    return cfg, read_json(where.config, WeightsError, "an HF config.json")
 
 
 def tokenizer_files(directory: str | Path) -> dict[str, Path]:
@@ -257,12 +257,7 @@ def load_moments(directory: str | Path, params_abstract: dict) -> tuple[int, dic
     tree, missing, _ = restore_tree(d / "optimizer", want)
     if missing:
         raise WeightsError(f"{d / 'optimizer'}: lacks moments of {', '.join(_name(p) for p in missing[:5])}")
-    try:
-        info = json.loads((d / "optimizer.json").read_text())
-    except FileNotFoundError:
-        info = {}
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{d / 'optimizer.json'}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    info = read_json(d / "optimizer.json", WeightsError) if (d / "optimizer.json").is_file() else {}
     return int(tree["count"]), tree["mu"], tree["nu"], info
 
 

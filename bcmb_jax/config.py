@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bcmb_jax.atomic import read_json
 
 
 class ConfigError(ValueError):
@@ -181,13 +182,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file (expected an HF config.json)") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        d = read_json(path, ConfigError, "an HF config.json")
         return cls.from_hf_dict(d, source=str(path))
 
     def to_hf_dict(self, architecture: str | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from bcmb_jax import checkpoint as ckpt
 from bcmb_jax import composer as C
 from bcmb_jax import params as P
 from bcmb_jax import pretrained as PT
-from bcmb_jax.atomic import atomic
+from bcmb_jax.atomic import atomic, read_json
 from bcmb_jax.config import ModelConfig
 from bcmb_jax.heads import HEADS
 
@@ -107,18 +107,6 @@ def _check_dtype(dtype: str | None) -> None:
         raise ConversionError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    if not isinstance(d, dict):
-        raise ConversionError(f"{path}: expected a JSON object (an HF config.json)")
-    return d
-
-
 def _tokenizer_texts(directory: Path) -> dict[str, str]:
     return {n: p.read_text(encoding="utf-8") for n, p in ckpt.tokenizer_files(directory).items()}
 
@@ -155,7 +143,7 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
     if task is not None and task not in HEADS:
         raise ConversionError(f"--task must be one of {sorted(HEADS)}, got {task!r}")
     src_path = Path(src)
-    override = _read_json(Path(config)) if config is not None else {}
+    override = read_json(config, ConversionError, "an HF config.json") if config is not None else {}
     tok_texts = _tokenizer_texts(Path(tokenizer)) if tokenizer is not None else None
     if tokenizer is not None and not tok_texts:
         raise ConversionError(f"{tokenizer}: no tokenizer files ({', '.join(ckpt.TOKENIZER_FILES)})")
@@ -202,7 +190,7 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
             raise ConversionError(f"{directory}: already a JAX checkpoint ({where.kind}); use to-hf, or "
                                   "bcmb_jax.from_pretrained to load it")
         kind = "HF directory" if src_path.is_dir() else "HF hub"
-        raw = {**_read_json(where.config), **override}
+        raw = {**read_json(where.config, ConversionError, "an HF config.json"), **override}
         cfg = ModelConfig.from_hf_dict(raw, source=str(where.config) + (" + --config" if override else ""))
         src_task = PT.infer_task(raw, None)
         sd, dropped = P.read_hf_weights(directory), []

@@ -13,7 +13,6 @@ numpy-defined, so both backends see the same batches and start from the same wei
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bcmb_jax import metrics, optim, paper
+from bcmb_jax.atomic import read_json
 from bcmb_jax.config import ConfigError, opt
 from bcmb_jax.encoding import EncodedTask, Example, TextEncoder
 
@@ -110,10 +110,7 @@ def model_info(model_path: str | Path, tokenizer: str | None) -> dict[str, Any]:
     if not d.is_dir():
         raise FinetuneError(f"{d}: model directory does not exist")
     where = checkpoint.locate(d)
-    try:
-        raw = json.loads(where.config.read_text())
-    except json.JSONDecodeError as e:
-        raise FinetuneError(f"{where.config}:{e.lineno}: invalid JSON ({e.msg})") from None
+    raw = read_json(where.config, FinetuneError, "an HF config.json")
     tok = Path(tokenizer) if tokenizer else where.tokenizer
     if tok is None:
         raise FinetuneError(f"{d}: no tokenizer files in the model directory; pass tokenizer=DIR")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from bcmb_jax.atomic import read_json
 from bcmb_jax.config import ConfigError, ModelConfig, to_dict
 from bcmb_jax.sources import DataError, expand_paths
 
@@ -83,7 +84,6 @@ def has_checkpoints(run_dir: Path) -> bool:
 
 def check_resume(run_dir: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
     """A run directory with checkpoints resumes only with its own model and data settings (and tokenizer)."""
-    import json
 
     config = run_dir / "config.json"
     if not has_checkpoints(run_dir):
@@ -91,10 +91,7 @@ def check_resume(run_dir: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
     if not config.is_file():
         raise ConfigError(f"{config}: missing, but {run_dir / 'checkpoints'} holds checkpoints; cannot check "
                           "that the resumed run is the same model (restore config.json or use a new run_dir)")
-    try:
-        saved = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config}:{e.lineno}: invalid JSON: {e.msg}") from None
+    saved = read_json(config, ConfigError, "the run's HF config.json")
     saved_model = _model_settings(saved, str(config))
     new_model = _model_settings(mcfg.to_hf_dict(), "the new model config")
     saved_data = None

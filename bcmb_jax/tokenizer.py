@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bcmb_jax.atomic import read_json
 from bcmb_jax.sources import DataError
 
 # tokenizer_config.json's model_max_length at or above this means "no limit" (HF's VERY_LARGE_INTEGER);
@@ -48,24 +49,12 @@ class TokenizerInfo:
         return np.uint16 if self.vocab_size <= 2**16 else np.uint32
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text (expected a JSON file)") from None
-    if not isinstance(d, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return d
-
-
 def special_names(tok_dir: Path) -> dict[str, str]:
     """{cls,sep,pad,mask}_token: the token strings of special_tokens_map.json (ModernBERT's by default)."""
     names = dict(_DEFAULT_NAMES)
     path = tok_dir / "special_tokens_map.json"
     if path.is_file():
-        d = _read_json(path)
+        d = read_json(path, DataError)
         for k in names:
             v = d.get(k)
             names[k] = v.get("content", names[k]) if isinstance(v, dict) else v or names[k]
@@ -75,7 +64,7 @@ def special_names(tok_dir: Path) -> dict[str, str]:
 def model_max_length(tok_dir: Path) -> int | None:
     """tokenizer_config.json's model_max_length when below `NO_LIMIT`, else None."""
     path = tok_dir / "tokenizer_config.json"
-    n = _read_json(path).get("model_max_length") if path.is_file() else None
+    n = read_json(path, DataError).get("model_max_length") if path.is_file() else None
     return int(n) if isinstance(n, int | float) and n < NO_LIMIT else None
 
 
@@ -121,7 +110,7 @@ def load_tokenizer(path: str | Path, prefix_space: bool = True, *, mask_token_id
     if not file.is_file():
         raise DataError(f"tokenizer not found: {file} (expected a tokenizer.json or a directory holding one)")
     try:
-        tok, byte_level, fingerprint = _from_spec(_read_json(file), prefix_space)
+        tok, byte_level, fingerprint = _from_spec(read_json(file, DataError), prefix_space)
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed spec
         if isinstance(e, DataError):
             raise

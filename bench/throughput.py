@@ -11,7 +11,7 @@ HF `ModernBertForMaskedLM` is saved once and loaded by transformers and by `bcmb
 One pass = the whole set in batches of `--batch-tokens` tokens; the first pass is a warm-up
 (compilation) and is not timed; the figure is the median of `--repeats` timed passes, in real
 (non-pad) tokens per second. JAX packs documents into rows (`bcmb_jax.encode`: rows longer than L
-where its attention skips other documents' blocks); torch pads every batch on the right to its
+with the gpu backend on a GPU); torch pads every batch on the right to its
 longest sample, as a transformers data collator does. Packing efficiency = real tokens / tokens computed.
 
 Training: MLM steps of StableAdamW (bcmb_jax.optim vs torch-optimi) on the same batch of

@@ -1,5 +1,5 @@
-"""checkpoint.py: locating checkpoints, restoring into an abstract tree, atomic writes and leftovers of
-killed writes, run checkpoints that cannot be read, metrics after a resume."""
+"""checkpoint.py: locating checkpoints, restoring into an abstract tree, leftovers of killed writes,
+run checkpoints that cannot be read, metrics after a resume."""
 
 from __future__ import annotations
 
@@ -103,19 +103,6 @@ def test_leftovers_of_killed_writes_are_removed_at_the_next_start(tmp_path):
     assert atomic.remove_stale_temps(tmp_path, "out")
     assert ckpt.locate(out).kind == "jax" and not old.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [live.name]
-
-
-def test_atomic_write_text_and_refusals(tmp_path):
-    f = tmp_path / "a.txt"
-    atomic.write_text(f, "one\n")
-    atomic.write_text(f, "two\n")
-    assert f.read_text() == "two\n" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
-    with pytest.raises(RuntimeError), atomic.atomic(f, overwrite=True) as tmp:
-        tmp.write_text("three\n")
-        raise RuntimeError("interrupted")
-    assert f.read_text() == "two\n" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
-    with pytest.raises(FileExistsError, match="already exists"), atomic.atomic(f) as tmp:
-        pass
 
 
 def test_config_that_disagrees_with_the_parameters_is_named(tmp_path, capsys):

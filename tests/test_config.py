@@ -63,7 +63,7 @@ def test_unsupported_settings_are_rejected(key, value, needle):
 def test_bad_json_names_file_and_line(tmp_path):
     p = tmp_path / "config.json"
     p.write_text('{\n  "hidden_size": 64,\n  oops\n}')
-    with pytest.raises(ConfigError, match=r"config.json: invalid JSON at line 3"):
+    with pytest.raises(ConfigError, match=r"config.json:3: invalid JSON"):
         ModelConfig.from_json(p)
 
 

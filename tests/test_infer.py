@@ -15,10 +15,10 @@ from bcmb_jax.infer import (
     ROW_MULTIPLE,
     best_fit,
     encode,
+    long_rows_pay_off,
     make_rows,
     pack_calls,
     plan_rows,
-    skips_other_documents,
 )
 
 
@@ -94,15 +94,18 @@ def test_fixed_sets_keep_rows_of_their_length():
         assert plan.efficiency == 1.0 and plan.shapes == [(min(16, 16384 // L), L)]
 
 
-def test_long_rows_only_where_attention_skips_other_documents():
+def test_long_rows_only_where_they_cost_nothing():
+    """The Pallas kernel on a GPU gives each query its own key range; elsewhere rows keep the set's length."""
     import jax
 
     lengths = normal_lengths(512, 32)
-    on_cpu = jax.default_backend() == "cpu"
-    assert skips_other_documents(_Model("blocked")) == on_cpu
-    assert not skips_other_documents(_Model("reference"))
-    assert skips_other_documents(_Model("gpu"))  # the Pallas kernel (or, without a GPU, the blocked kernels)
-    assert max(c.row_len for c in plan_rows(_Model("reference"), lengths).calls) == 512
+    on_gpu = jax.default_backend() == "gpu"
+    assert long_rows_pay_off(_Model("gpu")) == on_gpu
+    assert not long_rows_pay_off(_Model("blocked")) and not long_rows_pay_off(_Model("reference"))
+    for backend in ("blocked", "reference"):
+        assert max(c.row_len for c in plan_rows(_Model(backend), lengths).calls) == 512
+    longest = max(c.row_len for c in plan_rows(_Model("gpu"), lengths).calls)
+    assert longest > 512 if on_gpu else longest == 512
 
 
 def test_last_call_is_repacked_into_the_fewest_shortest_rows():
