@@ -74,21 +74,25 @@ def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[P
 
 
 @contextlib.contextmanager
-def atomic(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic(out: str | Path, overwrite: bool = False, first_wins: bool = False) -> Iterator[Path]:
     """Yields a temporary sibling path of `out` to write (a file or a directory); renames it to `out` after.
 
     An existing non-empty `out` is refused unless `overwrite`, and replaced only once the new one is
-    complete; on any error (or Ctrl-C) the temporary is removed and `out` is as it was.
+    complete; on any error (or Ctrl-C) the temporary is removed and `out` is as it was. `first_wins`
+    is for caches that concurrent processes may build at once: an `out` that another writer created
+    meanwhile is kept and this writer's copy dropped.
     """
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent, out.name)
-    tmp = _temp_name(out)
+    tmp, existed = _temp_name(out), out.exists()
     try:
         yield tmp
-        if out.exists():
+        if first_wins and out.exists() and not existed:
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        elif out.exists():
             old = _temp_name(out, "old")
             os.replace(out, old)
             os.replace(tmp, out)

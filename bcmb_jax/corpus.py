@@ -14,9 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bcmb_jax.atomic import atomic
 from bcmb_jax.chunking import tokenize_documents
 from bcmb_jax.sources import DataError, ReadStats, SourceConfig, expand_paths, file_format, iter_file_documents
 from bcmb_jax.tokenizer import TokenizerInfo
@@ -79,19 +77,12 @@ def _load_cached(d: Path) -> FileTokens:
 
 
 def _write_cached(d: Path, ft: FileTokens, source_path: Path) -> None:
-    """Writes into a temporary sibling directory, then renames it into place (atomic)."""
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{d.name}-", dir=d.parent))
-    try:
+    """Writes the arrays atomically; a concurrent writer that finished first is kept."""
+    with atomic(d, first_wins=True) as tmp:
+        tmp.mkdir()
         for name in ("tokens", "offsets", "doc_ids"):
             np.save(tmp / f"{name}.npy", getattr(ft, name))
         (tmp / "meta.json").write_text(json.dumps({"source": str(source_path), "stats": ft.stats}, indent=1))
-        os.rename(tmp, d)
-    except OSError:
-        if not (d / "meta.json").is_file():  # a concurrent writer did not win the race either
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tokenize_file(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int,

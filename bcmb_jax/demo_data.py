@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bcmb_jax.atomic import write_text
+from bcmb_jax.atomic import atomic, write_text
 
 DEFAULT_DIR = Path("runs") / "demo_data"  # relative to the working directory, as configs/demo.yaml reads it
 CORPUS_FILE, TOKENIZER_DIR = "clinical_notes.jsonl", "tokenizer"
@@ -331,15 +328,9 @@ def ensure(out_dir: str | Path = DEFAULT_DIR, n_docs: int = DEFAULTS["n_docs"], 
     if not corpus.is_file():
         write_corpus(corpus, n_docs, seed)
     if not (tok_dir / "tokenizer.json").is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.", dir=out))
-        try:
+        with atomic(tok_dir, overwrite=True, first_wins=True) as tmp:  # a concurrent build may finish first
+            tmp.mkdir()
             build_tokenizer([corpus], tmp, vocab_size)
-            os.replace(tmp, tok_dir)  # replaces an empty directory, fails on a non-empty one
-        except OSError:
-            if not (tok_dir / "tokenizer.json").is_file():  # unless a concurrent build finished first
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return corpus, tok_dir
 
 
