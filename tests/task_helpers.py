@@ -6,22 +6,12 @@ import csv
 import random
 from pathlib import Path
 
-import pytest
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDS = ("patient reports denies history of pain fever cough nausea with without mild severe since yesterday today "
          "left right chest abdomen").split()
 ENTITIES = {"DRUG": [["aspirin"], ["heparin"], ["metoprolol"], ["insulin", "glargine"]],
             "DIS": [["pneumonia"], ["heart", "failure"], ["sepsis"], ["atrial", "fibrillation"]]}
 KEYWORD = {"cardiac": "chest", "infection": "fever", "other": "today"}
 SPLITS = {"train": 40, "dev": 16, "test": 16}
-
-
-def _data(*parts: str) -> Path:
-    p = SHARED_DATA.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"{p} not available")
-    return p
 
 
 def _write(path: Path, text: str) -> Path:

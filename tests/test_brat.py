@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from task_helpers import _by_id, _data, _tags, _write
+from conftest import shared_data
+from task_helpers import _by_id, _tags, _write
 
 from bcmb_jax import brat
 from bcmb_jax.task_data import TaskDataError
@@ -187,26 +188,26 @@ def _digest(task, rows) -> str:
 
 @pytest.mark.parametrize("name", ["cos", "social_history", "deid"])
 def test_real_ner_tasks_match_paper_dataloader(name):
-    task = build_task(name, _data(name))
+    task = build_task(name, shared_data(name))
     print(f"\n{name}: {task.counts()}")
     got = {s: (len(rows), _digest(task, rows)) for s, rows in task.splits().items()}
     assert got == PAPER_DIGESTS[name]
 
 
 def test_real_deid_gold_and_social_history_folders():
-    gold = build_task("deid", _data("deid"), labels="gold")
+    gold = build_task("deid", shared_data("deid"), labels="gold")
     print(f"\ndeid gold: {gold.counts()}")
     assert sum(gold.counts().values()) == 2434
     b = Counter(t for rows in gold.splits().values() for ex in rows for t in _tags(gold, ex) if t[0] == "B")
     # 1,779 gold spans, two overlapping Location spans merged
     assert b == {"B-name": 824, "B-date": 528, "B-location": 366, "B-phone_nb": 53, "B-age": 4, "B-other": 3}
-    folders = build_task("social_history", _data("social_history"), split="folders")
+    folders = build_task("social_history", shared_data("social_history"), split="folders")
     print(f"social_history folders: {folders.counts()}")
     assert folders.counts() == {"train": 254, "val": 73, "test": 37}
 
 
 def test_real_conll_ncbi_disease():
-    task = build_task("conll", _data("ner_biomed", "NCBI-disease"))
+    task = build_task("conll", shared_data("ner_biomed", "NCBI-disease"))
     print(f"\nNCBI-disease: {task.counts()}")
     assert task.counts() == {"train": 5424, "val": 923, "test": 940} and task.labels == ["B-Disease", "I-Disease", "O"]
     # every chunk already starts with B- (6,881 B-Disease lines in the files): the BIO conversion adds none

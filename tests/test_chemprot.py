@@ -7,7 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from task_helpers import _data, _write
+from conftest import shared_data
+from task_helpers import _write
 
 from bcmb_jax.chemprot import CHEMPROT_LABELS, blue_ascii, chemprot_from_original, sentence_spans
 from bcmb_jax.task_data import TaskDataError
@@ -141,13 +142,13 @@ def test_real_chemprot_dev_split_from_original_corpus():
     # The whole corpus takes ~30 s of sentence splitting (pysbd); the development split (612 abstracts) is
     # checked here. Whole-corpus counts of the same builder: train 19,219 / dev 12,102 / test 16,836
     # (BLUE's TSV: 19,460 / 11,820 / 16,943).
-    rows = chemprot_from_original(_data("chemprot", "original"), "val")
+    rows = chemprot_from_original(shared_data("chemprot", "original"), "val")
     counts = Counter(r["label"] for r in rows)
     print(f"\nchemprot dev: {len(rows)} (BLUE TSV: 11820) {dict(counts)}")
     assert len(rows) == 12102
     assert counts == {"false": 9686, "CPR:4": 1094, "CPR:3": 550, "CPR:9": 457, "CPR:6": 199, "CPR:5": 116}
     # every gold relation of the split is either inside one sentence (a row) or crosses sentences (dropped)
-    gold = _data("chemprot", "original") / "chemprot_development" / "chemprot_development_gold_standard.tsv"
+    gold = shared_data("chemprot", "original") / "chemprot_development" / "chemprot_development_gold_standard.tsv"
     assert sum(v for k, v in counts.items() if k != "false") <= len(gold.read_text().splitlines()) == 2416
     assert all(("@CHEMICAL$" in r["text"] and "@GENE$" in r["text"]) or "@CHEM-GENE$" in r["text"] for r in rows)
     assert all(r["text"].isascii() for r in rows)
