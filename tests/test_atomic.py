@@ -28,7 +28,7 @@ class Bad(ValueError):
     (None, "no such file (expected an HF config.json)"),
     ('{\n  "a": 1,\n  oops\n}', ":3: invalid JSON (Expecting property name enclosed in double quotes at column 3); "
                                    "expected an HF config.json"),
-    (b'{"a": "caf\xe9"}', "not UTF-8 text (byte at offset 12); expected an HF config.json"),
+    (b'{"a": "caf\xe9"}', "not UTF-8 text (byte at offset 10); expected an HF config.json"),
     ("[1, 2]", "holds a JSON list; expected an HF config.json"),
 ])
 def test_read_json_names_the_file_and_what_was_expected(tmp_path, content, message):

@@ -4,18 +4,16 @@ import collections
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from data_helpers import cfg_for, ids_of, segments, word_docs, word_tokenizer, write_lines
 
 from bcmb_jax import data
 from bcmb_jax.corpus import prepare
 from bcmb_jax.sources import DataError
 from bcmb_jax.tokenizer import load_tokenizer
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +141,9 @@ def test_cli_module_with_worker_processes(tmp_path, word_tok):
     assert s["tokens"] == s["chunk_tokens"] and s["docs"] == 60
 
 
-@pytest.mark.skipif(not (SHARED / "pretrain_sample").is_dir(), reason="shared data not present")
+@pytest.mark.skipif(not (SHARED_DATA / "pretrain_sample").is_dir(), reason="shared data not present")
 def test_real_corpus_and_tokenizer():
-    ps = SHARED / "pretrain_sample"
+    ps = SHARED_DATA / "pretrain_sample"
     sources = [
         {"name": "aci", "paths": [str(ps / "aci_bench" / "*[0-9dn].csv")], "field": "dialogue,note"},
         {"name": "primock_notes", "paths": [str(ps / "primock57" / "notes" / "*.json")], "field": "note"},
@@ -157,7 +155,7 @@ def test_real_corpus_and_tokenizer():
         {"name": "interviews", "paths": [str(ps / "sim_resp_interviews" / "Clean_Transcripts")]},
         {"name": "ade", "paths": [str(ps / "ade_corpus_v2" / "ADE-NEG.txt")], "format": "lines"},
     ]
-    cfg = cfg_for(SHARED / "modernbert_tokenizer", sources, seq_len=1024, mlm_probability=0.15)
+    cfg = cfg_for(SHARED_DATA / "modernbert_tokenizer", sources, seq_len=1024, mlm_probability=0.15)
     s = data.run_stats(cfg, batch_size=8)
     assert s["sources"]["aci"]["docs"] == 2 * 207 and s["sources"]["primock_notes"]["docs"] == 57
     assert s["sources"]["primock_transcripts"]["docs"] == 114 and s["sources"]["interviews"]["docs"] == 272
@@ -166,7 +164,7 @@ def test_real_corpus_and_tokenizer():
     assert s["tokens"] == s["chunk_tokens"] > 2_000_000
     assert s["packing_efficiency"] >= 0.95 and s["non_pad_fraction"] >= 0.95
     assert abs(s["mask_fraction"] - 0.15) <= 0.01
-    tok = load_tokenizer(SHARED / "modernbert_tokenizer")
+    tok = load_tokenizer(SHARED_DATA / "modernbert_tokenizer")
     assert (tok.cls_id, tok.sep_id, tok.pad_id, tok.mask_id) == (50281, 50282, 50283, 50284)
     enc = tok.tokenizer.encode("Patient has  fever.", add_special_tokens=False)
     assert enc.tokens == ["ĠPatient", "Ġhas", "  ", "Ġfever", "."]  # add_prefix_space=True, like the original

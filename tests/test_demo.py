@@ -8,13 +8,14 @@ import demo
 def test_the_last_word_of_each_sentence_is_masked_in_its_note():
     note = "NURSING NOTE\nSkin: IV site left hand clean, dry and intact.\nPlan: Continue to monitor. Pt calm.\n\nEnd"
     cases = demo.masked_sentences(["Ignored text.", note], n_tokens=lambda s: 1 if s != " calm" else 2)
-    assert [c.word for c in cases] == ["text", "intact", "monitor"]  # " calm" is two tokens: not a case
-    skin = cases[1]
+    # a heading counts as a sentence; " calm" is two tokens: not a case
+    assert [c.word for c in cases] == ["text", "NOTE", "intact", "monitor"]
+    skin = cases[2]
     assert skin.shown == "Skin: IV site left hand clean, dry and [MASK]."
     assert skin.masked == note.replace("intact", "[MASK]") and skin.text == 1
-    assert cases[2].masked == note.replace("monitor.", "[MASK].")
+    assert cases[3].masked == note.replace("monitor.", "[MASK].")
     assert demo.shown_cases(cases, real=False) == [skin]  # the first sentence for each opening found
-    assert demo.shown_cases(cases, real=True) == [cases[0], skin]  # the first sentence of each text
+    assert demo.shown_cases(cases, real=True) == [cases[0], cases[1]]  # the first sentence of each text
 
 
 def test_the_same_word_earlier_in_the_note_is_left_alone():

@@ -60,7 +60,7 @@ def test_every_format(tmp_path):
     assert [f.name for f in files] == ["l.txt", "a.txt", "b.txt"]
 
 
-def test_bad_input_errors(tmp_path, word_tok):
+def test_bad_input_errors(tmp_path):
     def err(**kw):
         with pytest.raises(DataError) as e:
             list(iter_documents(SourceConfig(name="src", **kw)))
