@@ -48,7 +48,8 @@ def prepare_data(real: bool) -> tuple[Path, list[str]]:
             sys.exit(f"error: --real needs {REAL} (the shared data folder beside the checkout)")
         sample = REAL / "pretrain_sample"
         sources = [
-            {"name": "aci_bench", "paths": [str(sample / "aci_bench")], "pattern": "*.csv", "field": "dialogue,note"},
+            {"name": "aci_bench", "paths": [str(sample / "aci_bench")], "pattern": "*[0-9dn].csv",  # not *_metadata
+             "field": "dialogue,note"},
             {"name": "primock57_notes", "paths": [str(sample / "primock57" / "notes")], "field": "note"},
             {"name": "mtsamples", "paths": [str(sample / "mtsamples_subset" / "mtsamples.csv")],
              "csv_header": False, "field": 4},
