@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
     args.config = args.config.resolve()  # train.py runs in the checkout
+    with args.config.open() as f:  # read before any work: a bad --config fails first
+        shape = (yaml.safe_load(f).get("model") or {}).get("overrides") or {}
     RUNS.mkdir(exist_ok=True)
 
     banner("1. data")
@@ -273,8 +275,6 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("2. a random Hugging Face ModernBERT, converted to JAX")
     hf_init, jax_init = RUNS / "demo_hf_init", RUNS / "demo_init"
-    with args.config.open() as f:
-        shape = (yaml.safe_load(f).get("model") or {}).get("overrides") or {}
     random_hf_model(tokenizer_dir, hf_init, shape)
     run(["convert_weights.py", "to-jax", hf_init, jax_init, "--overwrite"])
 
