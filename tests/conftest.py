@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+# One persistent compilation cache per test run, shared by the xdist workers and by the scripts tests start (they
+# inherit the environment): the same tiny models are compiled in many processes. Set before jax is imported.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = Path(tempfile.gettempdir()) / f"bcmb-jax-tests-{os.getpid()}-compile-cache"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_CACHE)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)  # a size limit turns on the cache's file lock
+else:
+    _CACHE = None
 
 import jax
 import numpy as np
@@ -72,3 +84,9 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     pretrained.save_jax(mlm, d / "tiny", tokenizer_dir=d / "tok")
     return {"root": d, "model": d / "tiny", "tok": d / "tok", "csv": write_csv_task(d / "csv"),
             "multi": write_csv_task(d / "multi", multilabel=True), "conll": write_conll_task(d / "conll")}
+
+
+def pytest_unconfigure(config) -> None:
+    """The run that made the compilation cache (not an xdist worker) removes it."""
+    if _CACHE is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_CACHE, ignore_errors=True)

@@ -52,10 +52,10 @@ def test_blocked_gradients_equal_reference(window):
     def loss(fn):
         return lambda q, k, v: (fn(q, k, v) * w).sum()
 
-    g_ref = jax.grad(loss(lambda q, k, v: reference_attention(q, k, v, seg, window=window, scale=0.25)),
-                     argnums=(0, 1, 2))(q, k, v)
-    g_blk = jax.grad(loss(lambda q, k, v: attention(q, k, v, seg, window=window, local_chunk=16,
-                                                    global_chunk=64)), argnums=(0, 1, 2))(q, k, v)
+    g_ref = jax.jit(jax.grad(loss(lambda q, k, v: reference_attention(q, k, v, seg, window=window, scale=0.25)),
+                             argnums=(0, 1, 2)))(q, k, v)
+    g_blk = jax.jit(jax.grad(loss(lambda q, k, v: attention(q, k, v, seg, window=window, local_chunk=16,
+                                                            global_chunk=64)), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(g_ref, g_blk):
         assert float(jnp.abs(a - b).max()) <= 1e-5
 
@@ -68,13 +68,13 @@ def test_pallas_kernel_equals_reference_in_interpret_mode(window):
     w = jnp.cos(jnp.arange(16.0))
     ref = lambda q, k, v: reference_attention(q, k, v, seg, window=window, scale=0.25)  # noqa: E731
     pal = lambda q, k, v: attention(q, k, v, seg, window=window, backend="gpu", interpret=True)  # noqa: E731
-    diff = float(jnp.abs(pal(q, k, v) - ref(q, k, v)).max())
+    diff = float(jnp.abs(jax.jit(pal)(q, k, v) - ref(q, k, v)).max())
 
     def loss(fn):
         return lambda q, k, v: (fn(q, k, v) * w).sum()
 
-    g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
-    g_pal = jax.grad(loss(pal), argnums=(0, 1, 2))(q, k, v)
+    g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v)
+    g_pal = jax.jit(jax.grad(loss(pal), argnums=(0, 1, 2)))(q, k, v)
     gdiff = max(float(jnp.abs(a - b).max()) for a, b in zip(g_ref, g_pal))
     print(f"pallas (interpret) vs reference, window {window}: values {diff:.1e}, gradients {gdiff:.1e}")
     assert diff <= 2e-6 and gdiff <= 1e-5
