@@ -25,7 +25,7 @@ from typing import NamedTuple
 import yaml
 
 from bcmb_jax import cli
-from bcmb_jax.atomic import atomic
+from bcmb_jax.atomic import atomic, read_json
 from bcmb_jax.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent
@@ -237,7 +237,7 @@ def compare(init_dir: Path, trained_dir: Path, real: bool) -> None:
     def cell(row: list[tuple[int, float]]) -> str:
         return "  ".join(f"{words[i][:width]:<{width}} {p:4.2f}" for i, p in row)
 
-    print("fill-mask on held-out notes, the last word of a sentence masked: top-3 with probabilities")
+    print("fill-mask on held-out text, the last word of a sentence masked: top-3 with probabilities")
     for n, (case, target) in enumerate(zip(cases, targets), 1):
         shown = case.shown
         print(f"{n:>2}. {shown if len(shown) <= 96 else '...' + shown[-93:]}  -> {case.word}")
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always starts afresh
     import transformers as tf
 
-    init_cfg = json.loads((jax_init / "config.json").read_text())
+    init_cfg = read_json(jax_init / "config.json", ConfigError, "the converted model's config")
     ids = {k: init_cfg[k] for k in ("vocab_size", "pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id",
                                     "eos_token_id")}
     ids["mask_token_id"] = tf.AutoTokenizer.from_pretrained(tokenizer_dir).mask_token_id

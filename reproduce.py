@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bcmb_jax import paper
+from bcmb_jax.atomic import atomic
 from bcmb_jax.config import ConfigError, from_dict, help_text, load, opt
 
 ROOT = Path(__file__).resolve().parent
@@ -185,10 +186,9 @@ def random_hf_model(tokenizer_dir: Path, keys: dict[str, Any], out: Path) -> Non
                                  "sep_token_id": tok.sep_token_id, "bos_token_id": tok.cls_token_id,
                                  "eos_token_id": tok.sep_token_id})
     torch.manual_seed(0)
-    tmp = out.with_name(out.name + ".tmp")
-    tf.ModernBertForMaskedLM(cfg).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    with atomic(out, overwrite=True) as tmp:  # an incomplete leftover is replaced
+        tf.ModernBertForMaskedLM(cfg).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
 
 
 def convert(cfg: ReproduceConfig, out: Path, tokenizer: Path | None) -> None:
