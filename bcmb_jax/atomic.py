@@ -43,6 +43,14 @@ def _in_use(name: str) -> bool:
     return True
 
 
+def _remove(p: Path) -> None:
+    """Removes a file or a directory tree, if it is there."""
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
 def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
     """Removes `.NAME.tmp-<pid>-*` siblings (of `name`, or of every name) whose process is gone.
 
@@ -63,10 +71,8 @@ def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[P
         target = d / stem
         if kind == "old" and not target.exists():
             os.replace(p, target)
-        elif p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
         else:
-            p.unlink(missing_ok=True)
+            _remove(p)
         done.append(p)
     if done:
         log.warning("removed or restored leftovers of interrupted writes: %s", ", ".join(p.name for p in done))
@@ -91,16 +97,16 @@ def atomic(out: str | Path, overwrite: bool = False, first_wins: bool = False) -
     try:
         yield tmp
         if first_wins and out.exists() and not existed:
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            _remove(tmp)
         elif out.exists():
             old = _temp_name(out, "old")
             os.replace(out, old)
             os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+            _remove(old)
         else:
             os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 

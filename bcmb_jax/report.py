@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bcmb_jax import paper
-from bcmb_jax.atomic import write_text
+from bcmb_jax.atomic import atomic, write_text
 from bcmb_jax.results import median_score, read_results
 
 
@@ -67,11 +67,9 @@ def loss_curves(out: Path, png: Path) -> list[str]:
     ax.set_ylabel("training MLM loss")
     ax.legend()
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".tmp")
-    fig.savefig(tmp, format="png")
+    with atomic(png, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(png)
     return notes
 
 
