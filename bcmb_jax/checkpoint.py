@@ -112,8 +112,8 @@ def locate(path: str | Path) -> Located:
 
 def read_config(where: Located) -> tuple[ModelConfig, dict[str, Any]]:
     """(ModelConfig, the raw config.json dict) of a located checkpoint."""
-    cfg = ModelConfig.from_json(where.config)
-    return cfg, read_json(where.config, WeightsError, "an HF config.json")
+    raw = read_json(where.config, ConfigError, "an HF config.json")
+    return ModelConfig.from_hf_dict(raw, source=str(where.config)), raw
 
 
 def tokenizer_files(directory: str | Path) -> dict[str, Path]:

@@ -18,7 +18,6 @@ layer indices as ints), the one form used in memory, in checkpoints and by the o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bcmb_jax.atomic import read_json
 from bcmb_jax.config import ModelConfig
 from bcmb_jax.heads import get as get_head
 
@@ -234,10 +234,10 @@ def read_hf_weights(directory: str | Path) -> dict[str, np.ndarray]:
     index = next((d / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
                   if (d / n).is_file()), None)
     if index is not None:
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise WeightsError(f"{index}: not a valid shard index ({e})") from None
+        weight_map = read_json(index, WeightsError, "a shard index with a weight_map").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise WeightsError(f"{index}: not a valid shard index (no weight_map object)")
+        files = sorted(set(weight_map.values()))
         sd: dict[str, np.ndarray] = {}
         for f in files:
             if not (d / f).is_file():
