@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
 from bcmb_jax import cli
 from bcmb_jax.atomic import atomic, read_json
 from bcmb_jax.config import ConfigError
@@ -266,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
     args.config = args.config.resolve()  # train.py runs in the checkout
-    with args.config.open() as f:  # read before any work: a bad --config fails first
-        shape = (yaml.safe_load(f).get("model") or {}).get("overrides") or {}
+    from bcmb_jax.config import load
+    from bcmb_jax.trainer import TrainConfig
+
+    # read and checked like train.py reads it, before any work: a bad --config or override fails first
+    shape = load(TrainConfig, args.config, args.overrides).model.overrides
     RUNS.mkdir(exist_ok=True)
 
     banner("1. data")

@@ -219,6 +219,10 @@ CASES = [
     Case("bench-bad-lengths", "bench", lambda d, fx: ["--lengths", "64,abc", "--out", str(d / "out")],
          ("--lengths", "'64,abc'", "integers")),
     Case("demo-steps-zero", "demo", lambda d, fx: ["--steps", "0"], ("--steps", ">= 1")),
+    Case("demo-config-is-a-list", "demo", lambda d, fx: (
+        (d / "list.yaml").write_text("- max_steps: 3\n"), ["--config", str(d / "list.yaml")])[1],
+        ("{d}/list.yaml", "mapping")),
+    Case("demo-bad-override", "demo", lambda d, fx: ["optim.lr=abc"], ("optim.lr", "float", "'abc'")),
     Case("data-stats-missing-tokenizer", "data", lambda d, fx: [
         "stats", "--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "r"))), f"tokenizer={d / 'tok'}"],
         ("tokenizer not found", "{d}/tok")),
