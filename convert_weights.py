@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True, metavar="{to-jax,to-hf}")
-    from bcmb_jax.heads import HEADS
+    from bcmb_jax.modeling.heads import HEADS
 
     tasks = sorted(HEADS)
 
@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from bcmb_jax import export
+    from bcmb_jax.weights import export
 
     if args.mode == "to-jax":
         result = export.to_jax(args.src, args.out, dtype=args.dtype, task=args.task, config=args.config,

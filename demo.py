@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from bcmb_jax import cli
 from bcmb_jax.atomic import atomic, read_json
-from bcmb_jax.config import ConfigError
+from bcmb_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent
 RUNS = ROOT / "runs"
@@ -39,7 +39,7 @@ def banner(text: str) -> None:
 
 def prepare_data(real: bool) -> tuple[Path, list[str]]:
     """(tokenizer dir, train.py overrides selecting the corpus)."""
-    from bcmb_jax import demo_data
+    from bcmb_jax.data import demo_corpus
 
     if real:
         if not REAL.is_dir():
@@ -54,7 +54,7 @@ def prepare_data(real: bool) -> tuple[Path, list[str]]:
             {"name": "ade", "paths": [str(sample / "ade_corpus_v2" / "ADE-NEG.txt")], "format": "lines"},
         ]
         return REAL / "modernbert_tokenizer", [f"data.sources={json.dumps(sources)}"]
-    corpus, tokenizer_dir = demo_data.ensure(RUNS / "demo_data")  # what configs/demo.yaml reads
+    corpus, tokenizer_dir = demo_corpus.ensure(RUNS / "demo_data")  # what configs/demo.yaml reads
     n_docs = sum(1 for _ in corpus.open())
     print(f"corpus: {corpus} ({n_docs} fictional notes); tokenizer: {tokenizer_dir}")
     return tokenizer_dir, []
@@ -132,7 +132,7 @@ _LAST_WORD = re.compile(r"(.*\S)\s+([A-Za-z]+)(\.?)")
 
 def held_out_texts(real: bool, n: int = 64) -> tuple[str, list[str]]:
     """(what they are, texts): documents in the style of the training corpus that the run never read."""
-    from bcmb_jax import demo_data
+    from bcmb_jax.data import demo_corpus
 
     if real:
         rel = (REAL / "pretrain_sample" / "ade_corpus_v2" / "DRUG-AE.rel").read_text(errors="replace")
@@ -140,7 +140,7 @@ def held_out_texts(real: bool, n: int = 64) -> tuple[str, list[str]]:
         return "ADE corpus sentences with a drug-adverse effect relation (DRUG-AE.rel, not a training source)", \
             sentences[-n:]
     return (f"{n} notes generated with another seed",
-            [text for _, text in demo_data.generate_notes(n, seed=12345)])
+            [text for _, text in demo_corpus.generate_notes(n, seed=12345)])
 
 
 class Case(NamedTuple):
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
     args.config = args.config.resolve()  # train.py runs in the checkout
-    from bcmb_jax.config import load
-    from bcmb_jax.trainer import TrainConfig
+    from bcmb_jax.runconfig import load
+    from bcmb_jax.training.config import TrainConfig
 
     # read and checked like train.py reads it, before any work: a bad --config or override fails first
     shape = load(TrainConfig, args.config, args.overrides).model.overrides

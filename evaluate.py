@@ -51,9 +51,10 @@ import time
 from pathlib import Path
 
 from bcmb_jax import cli
-from bcmb_jax.config import ConfigError, from_dict, help_text, parse_overrides
-from bcmb_jax.finetune import BACKENDS, FinetuneConfig, FinetuneError
-from bcmb_jax.metrics import MAIN_METRIC
+from bcmb_jax.errors import ConfigError, FinetuneError
+from bcmb_jax.evaluation.metrics import MAIN_METRIC
+from bcmb_jax.evaluation.protocol import BACKENDS, FinetuneConfig
+from bcmb_jax.runconfig import from_dict, help_text, parse_overrides
 
 log = logging.getLogger("evaluate")
 
@@ -96,7 +97,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, FinetuneConf
 
 def build_task(name: str, data_dir: str, options: dict):
     """The task's splits; options the builder does not take are an error naming the known ones."""
-    from bcmb_jax import tasks
+    from bcmb_jax.evaluation import tasks
 
     accepted = tasks.task_options(name)
     unknown = sorted(set(options) - set(accepted))
@@ -107,13 +108,13 @@ def build_task(name: str, data_dir: str, options: dict):
 
 
 def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
-    from bcmb_jax import encoding, finetune, results
+    from bcmb_jax.evaluation import encoding, protocol, results
 
     # 1. The task, the model's tokenizer and context, the examples, the hyper-parameters.
     task = build_task(args.task, args.data, options)
-    info = finetune.model_info(args.model, cfg.tokenizer)
+    info = protocol.model_info(args.model, cfg.tokenizer)
     enc = encoding.load_encoder(info["tokenizer_dir"])
-    hp = finetune.resolve(task.name, info, enc, cfg, set(args.user_keys))
+    hp = protocol.resolve(task.name, info, enc, cfg, set(args.user_keys))
     data = encoding.encode_task(task, enc, hp["max_length"], cfg.limits())
     lr = hp["lr"]
     log.info("%s: %s examples (train/val/test), max_length %d (%s), lr %g (%s), weight decay %g (%s)", task.name,
@@ -129,14 +130,14 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
             if not (info["is_jax"] or info["model_type"] == "modernbert"):
                 raise FinetuneError(f"{args.model}: a {info['model_type']} model; the JAX backend runs "
                                     "ModernBERT only (use --backend torch)")
-            from bcmb_jax.finetune_jax import JaxBackend
+            from bcmb_jax.evaluation.jax_backend import JaxBackend
 
             backend = JaxBackend(args.model, data, cfg)
         else:
-            from bcmb_jax import finetune_torch
+            from bcmb_jax.evaluation import torch_backend
 
-            hf_dir = finetune_torch.hf_directory(args.model, Path(work))
-            backend = finetune_torch.TorchBackend(hf_dir, data, cfg, enc.pad_id)
+            hf_dir = torch_backend.hf_directory(args.model, Path(work))
+            backend = torch_backend.TorchBackend(hf_dir, data, cfg, enc.pad_id)
         load_seconds = time.perf_counter() - t0
 
         # 3. One fine-tuning run per seed; the results file is rewritten after each.
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
                 log.info("seed %d epoch %d: train loss %.4f, val %s %.4f (%.1f s)", seed, row["epoch"],
                          row["train_loss"], main, row["val"][main], row["seconds"])
 
-            res = finetune.fit(backend, data, cfg, seed, lr, on_epoch=progress)
+            res = protocol.fit(backend, data, cfg, seed, lr, on_epoch=progress)
             records = res.pop("predictions")
             predictions = {str(seed): records} if cfg.save_predictions else {}
             per_seed[str(seed)] = res
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
 
 def stats(argv: list[str]) -> int:
     """`evaluate.py stats`: the task's Table 6 row (classes, examples, paper-counted tokens) beside the paper's."""
-    from bcmb_jax import encoding, results
+    from bcmb_jax.evaluation import encoding, results
 
     ap = _Parser(prog="evaluate.py stats", description=stats.__doc__)
     ap.add_argument("--task", required=True, help="a task name (see evaluate.py --help)")
@@ -198,7 +199,7 @@ DEFAULT_STATS_TOKENIZER = str(Path(__file__).resolve().parent.parent / "shared" 
 
 def table6_row(task, enc) -> dict:
     """{"classes", "examples": {split: n}, "avg_tokens": {split: x}} of a built task."""
-    from bcmb_jax.encoding import paper_token_counts
+    from bcmb_jax.evaluation.encoding import paper_token_counts
 
     return {"classes": len(task.labels), "examples": task.counts(), "avg_tokens": paper_token_counts(task, enc)}
 

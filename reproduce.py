@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bcmb_jax import paper
 from bcmb_jax.atomic import atomic
-from bcmb_jax.config import ConfigError, from_dict, help_text, load, opt
+from bcmb_jax.errors import ConfigError
+from bcmb_jax.evaluation import paper
+from bcmb_jax.runconfig import from_dict, help_text, load, opt
 
 ROOT = Path(__file__).resolve().parent
 STAGES = ("convert", "phase1", "phase2", "export", "finetune", "table2", "throughput", "report")
@@ -170,9 +171,9 @@ def hf_complete(d: Path) -> bool:
 
 def demo_tokenizer(out: Path) -> tuple[Path, Path]:
     """(corpus, tokenizer dir) of the embedded demo corpus under OUT/data, built once."""
-    from bcmb_jax import demo_data
+    from bcmb_jax.data import demo_corpus
 
-    return demo_data.ensure(out / "data")
+    return demo_corpus.ensure(out / "data")
 
 
 def random_hf_model(tokenizer_dir: Path, keys: dict[str, Any], out: Path) -> None:
@@ -242,7 +243,7 @@ def finetune_jobs(cfg: ReproduceConfig, out: Path) -> tuple[list[tuple[str, str,
 
 
 def finetune(cfg: ReproduceConfig, out: Path, export: Path, jobs) -> None:
-    from bcmb_jax.results import result_paths
+    from bcmb_jax.evaluation.results import result_paths
 
     name = "phase2"
     for task, backend, spec in jobs:
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from bcmb_jax import report
+    from bcmb_jax.evaluation import report
 
     out = Path(cfg.out_dir.format(size=cfg.size)).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         stages.run("export", "export" in skip or hf_complete(export),
                    lambda: command("convert_weights.py", "to-hf", phase2, export, "--overwrite",
                                    log_file=out / "logs" / "export.log"))
-        from bcmb_jax.results import result_paths, write_table
+        from bcmb_jax.evaluation.results import result_paths, write_table
 
         done = all(result_complete(result_paths(out / "results", "phase2", b, t)[0], cfg.seeds) for t, b, _ in jobs)
         stages.run("finetune", "finetune" in skip or done, lambda: finetune(cfg, out, export, jobs))

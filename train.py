@@ -23,8 +23,9 @@ from pathlib import Path
 import yaml
 
 from bcmb_jax.cli import command, run
-from bcmb_jax.config import ConfigError, help_text, load, to_dict
-from bcmb_jax.trainer import TrainConfig
+from bcmb_jax.errors import ConfigError
+from bcmb_jax.runconfig import help_text, load, to_dict
+from bcmb_jax.training.config import TrainConfig
 
 log = logging.getLogger("train")
 
@@ -52,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     from jax.experimental import multihost_utils
     from tqdm import tqdm
 
-    from bcmb_jax import atomic, checkpoint, optim, params, preflight, pretrained, sharding, trainer
+    from bcmb_jax import atomic
+    from bcmb_jax.training import batches, checkpoints, mlm_step, optim, preflight, progress, sharding, start
+    from bcmb_jax.weights import directories, keymap, pretrained
 
     # 0. Every check that needs no work (positions, vocabulary, sources, a resume's settings), before any write.
-    preflight.check_run(cfg, trainer.model_config(cfg))
+    preflight.check_run(cfg, start.model_config(cfg))
     sharding.init_distributed(cfg.distributed)
     main_process = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
@@ -65,31 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(), jax.process_count())
 
     # 1. The model, as a graph definition plus a sharded parameter tree (nothing is written yet).
-    mcfg = trainer.model_config(cfg)
-    model = trainer.init_model(cfg, mcfg)
-    graphdef, host_params, rest = trainer.split_model(model)
-    param_sh = sharding.param_shardings(host_params, params.axes_tree(mcfg, "mlm"), mesh, cfg.mesh.rules)
+    mcfg = start.model_config(cfg)
+    model = start.init_model(cfg, mcfg)
+    graphdef, host_params, rest = mlm_step.split_model(model)
+    param_sh = sharding.param_shardings(host_params, keymap.axes_tree(mcfg, "mlm"), mesh, cfg.mesh.rules)
     state_params = jax.jit(lambda p: p, out_shardings=param_sh)(host_params)
 
     # 2. The optimizer (moments seeded from a converted Composer checkpoint when there are some).
     tx = optim.make_optimizer(cfg.optim)
-    moments = trainer.initial_moments(cfg, host_params)
-    abstract = jax.eval_shape(lambda p: trainer.init_state(p, tx, None), state_params)
+    moments = start.initial_moments(cfg, host_params)
+    abstract = jax.eval_shape(lambda p: mlm_step.init_state(p, tx, None), state_params)
     state_sh = {"params": param_sh, "step": sharding.replicated(mesh),
                 "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
                                                    transform_non_params=lambda _: sharding.replicated(mesh))}
-    state = jax.jit(lambda p: trainer.init_state(p, tx, moments), out_shardings=state_sh)(state_params)
-    state = trainer.restore_init_optimizer(cfg, state)
+    state = jax.jit(lambda p: mlm_step.init_state(p, tx, moments), out_shardings=state_sh)(state_params)
+    state = start.restore_init_optimizer(cfg, state)
     del host_params, state_params, model
 
     # 3. The data: this process's rows of every global batch.
-    it = trainer.make_batches(cfg, jax.process_index(), jax.process_count())
-    cap = trainer.masked_cap(cfg.data.seq_len, cfg.data.mlm_probability, cfg.masked_cap_sigmas)
+    it = batches.make_batches(cfg, jax.process_index(), jax.process_count())
+    cap = mlm_step.masked_cap(cfg.data.seq_len, cfg.data.mlm_probability, cfg.masked_cap_sigmas)
 
     # 4. Resume from the newest checkpoint of this run that restores, if any. Unfinished saves of a
     #    killed run are removed, unreadable checkpoints moved aside; nothing else is touched before
     #    the restore succeeded.
-    ckpt = checkpoint.Checkpoints(run_dir, cfg.keep_checkpoints)
+    ckpt = checkpoints.Checkpoints(run_dir, cfg.keep_checkpoints)
     tokens_seen, step = 0, 0
     if (restored := ckpt.restore_latest(state, it)) is not None:
         state, meta, step = restored
@@ -102,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         atomic.write_text(run_dir / "train_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if cfg.data.tokenizer:
             tok_src = Path(cfg.data.tokenizer)
-            files = checkpoint.tokenizer_files(tok_src if tok_src.is_dir() else tok_src.parent)
+            files = directories.tokenizer_files(tok_src if tok_src.is_dir() else tok_src.parent)
             with atomic.atomic(run_dir / "tokenizer", overwrite=True) as tmp:
                 tmp.mkdir()
                 for name, src in files.items():
                     (tmp / name).write_bytes(src.read_bytes())
 
-    train_step = jax.jit(trainer.make_train_step(graphdef, rest, tx, cap, cfg.seed), donate_argnums=0,
+    train_step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, cfg.seed), donate_argnums=0,
                          out_shardings=(state_sh, sharding.replicated(mesh)))
     stop = {"signal": None}
 
@@ -118,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    metrics_log = trainer.MetricsLog(run_dir, main_process, resumed_at=step if restored is not None else None)
-    speed = trainer.Throughput()
+    metrics_log = progress.MetricsLog(run_dir, main_process, resumed_at=step if restored is not None else None)
+    speed = progress.Throughput()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not main_process, dynamic_ncols=True, unit="step")
     peak = cfg.optim.lr
     status = 0
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         t = tokens_seen if cfg.schedule.unit == "tokens" else step
         lr = peak * float(optim.lr_scale(cfg.schedule, t))
         rows = next(it)
-        batch = sharding.global_batch(trainer.stack_micro(rows, cfg.accumulation), mesh, row_axis=1)
+        batch = sharding.global_batch(batches.stack_micro(rows, cfg.accumulation), mesh, row_axis=1)
         state, metrics = train_step(state, batch, np.float32(lr))
         pending.append(metrics)
         step += 1
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. Export the final weights for PyTorch.
     if status == 0 and done() and cfg.export_hf and main_process:
-        from bcmb_jax.export import to_hf
+        from bcmb_jax.weights.export import to_hf
 
         to_hf(run_dir, run_dir / "hf", overwrite=True)
         log.info("exported %s", run_dir / "hf")

@@ -10,7 +10,7 @@
   raised inside orbax/tensorstore while reading a checkpoint. Messages that do not name a file get
   the file the failing code was reading, found in the traceback.
 - Ctrl-C (SIGINT) prints one line and exits 130; writers remove their temporary output on the way
-  out (`pretrained.atomic_dir`). Training installs its own handler, which saves a checkpoint.
+  out (`atomic.atomic`). Training installs its own handler, which saves a checkpoint.
 - anything else is a bug and keeps its traceback.
 - `--debug` anywhere on the command line, or the environment variable BCMB_DEBUG=1, prints the full
   traceback before the error line as well.

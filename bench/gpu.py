@@ -5,7 +5,7 @@
 
 Stages, each with its share of the time budget (time a stage leaves unused passes to the next) and
 each failure or timeout reported, never fatal:
-  tests      `pytest tests/test_gpu.py`
+  tests      `pytest tests/modeling/test_gpu.py`
   inference  JAX vs torch-sdpa, and torch-fa2 when `flash_attn` imports, on fixed and variable sets of
              512 and 8192 tokens (bf16, random base-size weights; `throughput.py`'s protocol)
   training   MLM steps of both frameworks on rows of 8192 and 1024 tokens, as many rows as fit in
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bcmb_jax import cli  # noqa: E402
+from bcmb_jax import cli
 from bench import report, runner, throughput  # noqa: E402
 
 SHARES = {"tests": 0.25, "inference": 0.35, "training": 0.40}  # of the budget left after RESERVE_S
@@ -77,8 +77,8 @@ def imports(module: str, env: dict, timeout: float = 60) -> bool:
 
 
 def run_tests(env: dict, timeout: float) -> dict:
-    """`pytest tests/test_gpu.py`: its status and the last lines of its output (the printed differences)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    """`pytest tests/modeling/test_gpu.py`: its status and the last lines of its output (the printed differences)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/modeling/test_gpu.py"]
     try:
         p = subprocess.run(cmd, cwd=throughput.ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         lines = (p.stdout + p.stderr).strip().splitlines()
@@ -128,7 +128,7 @@ def write_report(out: Path, stages: list[dict], tests: dict, results: dict, prot
              "frameworks; real tokens/s, median of the timed passes or steps after a warm-up.", "",
              "| stage | status | seconds | deadline (s from start) |", "|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.0f} | {s['deadline']:.0f} |" for s in stages]
-    lines += ["", "## tests/test_gpu.py", "", f"{tests.get('status', 'not run')}", "", "```text",
+    lines += ["", "## tests/modeling/test_gpu.py", "", f"{tests.get('status', 'not run')}", "", "```text",
               *tests.get("output", []), "```", ""]
     for stage in ("inference", "training"):
         lines += [f"## {stage.capitalize()}", "", protocols.get(stage, "not run"), ""]

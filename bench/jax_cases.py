@@ -26,7 +26,7 @@ def load(job: dict, task: str, remat: bool = False):
 def infer(job: dict, docs: list[np.ndarray]) -> dict:
     """One pass = `encode` over the whole set; a warm-up pass compiles every shape it uses."""
     import bcmb_jax
-    from bcmb_jax.infer import attention_backend_of, plan_rows
+    from bcmb_jax.modeling.infer import attention_backend_of, plan_rows
 
     model = load(job, "base")
     batch_tokens = job["batch_rows"] * job["length"]
@@ -43,18 +43,18 @@ def infer(job: dict, docs: list[np.ndarray]) -> dict:
 
 
 def train(job: dict, make_batch, rows: int) -> dict:
-    """`train.py`'s own step (`trainer.make_train_step`): sparse MLM head, StableAdamW of the recipe;
+    """`train.py`'s own step (`mlm_step.make_train_step`): sparse MLM head, StableAdamW of the recipe;
     or, for kind "fwdbwd", loss and gradients only. `make_batch(rows)` gives the MLM batch."""
     import jax
     import jax.numpy as jnp
 
-    from bcmb_jax import optim, trainer
+    from bcmb_jax.training import config, mlm_step, optim
 
     model = load(job, "mlm", remat=bool(job.get("remat")))
-    graphdef, params, rest = trainer.split_model(model)
+    graphdef, params, rest = mlm_step.split_model(model)
     del model
     T = job["length"]
-    cap = trainer.masked_cap(T, MASK_RATE, trainer.TrainConfig.masked_cap_sigmas)
+    cap = mlm_step.masked_cap(T, MASK_RATE, config.TrainConfig.masked_cap_sigmas)
 
     def attempt(rows: int) -> dict:
         batch = make_batch(rows)
@@ -66,7 +66,7 @@ def train(job: dict, make_batch, rows: int) -> dict:
             from flax import nnx
 
             def loss(p):
-                total, count, _ = trainer.mlm_loss_sum(nnx.merge(graphdef, p, rest), jb, cap)
+                total, count, _ = mlm_step.mlm_loss_sum(nnx.merge(graphdef, p, rest), jb, cap)
                 return total / count
 
             grad = jax.jit(jax.value_and_grad(loss))
@@ -76,8 +76,8 @@ def train(job: dict, make_batch, rows: int) -> dict:
                 float(value)
         else:
             tx = optim.make_optimizer(optim.OptimConfig())  # lr 3e-4, betas (0.9, 0.98), eps 1e-6, wd 1e-5
-            step = jax.jit(trainer.make_train_step(graphdef, rest, tx, cap, SEED), donate_argnums=(0,))
-            box = {"state": trainer.init_state(jax.tree.map(jnp.copy, params), tx)}
+            step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, SEED), donate_argnums=(0,))
+            box = {"state": mlm_step.init_state(jax.tree.map(jnp.copy, params), tx)}
             mb = {k: v[None] for k, v in jb.items()}  # one micro-batch
             lr = jnp.float32(3e-4)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bcmb_jax import cli  # noqa: E402
+from bcmb_jax import cli
 from bench import throughput  # noqa: E402
 
 

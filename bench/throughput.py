@@ -14,7 +14,7 @@ One pass = the whole set in batches of `--batch-tokens` tokens; the first pass i
 with the gpu backend on a GPU); torch pads every batch on the right to its
 longest sample, as a transformers data collator does. Packing efficiency = real tokens / tokens computed.
 
-Training: MLM steps of StableAdamW (bcmb_jax.optim vs torch-optimi) on the same batch of
+Training: MLM steps of StableAdamW (bcmb_jax.training.optim vs torch-optimi) on the same batch of
 `fixed_L` samples with 30% masking (80/10/10). JAX runs `train.py`'s step (the head on the
 masked positions only); torch runs `ModernBertForMaskedLM(labels=...)` as shipped (dense logits).
 
@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bcmb_jax import cli  # noqa: E402 - the checkout's package, via the line above
-from bcmb_jax.config import ConfigError  # noqa: E402
+from bcmb_jax.errors import ConfigError  # noqa: E402
 from bench import report, runner  # noqa: E402
 from bench.report import BACKENDS  # noqa: E402
 
@@ -133,7 +133,7 @@ def prepare_model(args, tmp: Path) -> tuple[Path, dict[str, Any]]:
     cfg = {"model_type": raw.get("model_type"), "vocab_size": vocab, "max_len": raw.get("max_position_embeddings", 512),
            "mask_token_id": mask_id, "hidden_size": raw["hidden_size"], "intermediate_size": raw["intermediate_size"]}
     if raw.get("model_type") == "modernbert":
-        from bcmb_jax.config import GLOBAL, ModelConfig
+        from bcmb_jax.modeling.config import GLOBAL, ModelConfig
 
         mc = ModelConfig.from_hf_dict(raw, source=str(d / "config.json"))
         cfg.update(layer_types=list(mc.layer_types), local_attention=mc.local_attention,

@@ -26,7 +26,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
             local_attention=16, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             cls_token_id=1, sep_token_id=2)
@@ -74,12 +75,14 @@ def rng_ids(shape, vocab=512, low=3, seed=0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A BPE tokenizer, a random tiny JAX ModernBERT checkpoint holding it, and three small tasks."""
-    from bcmb_jax import demo_data, model, pretrained
-    from bcmb_jax.config import ModelConfig
+    from bcmb_jax.data import demo_corpus
+    from bcmb_jax.modeling import model
+    from bcmb_jax.modeling.config import ModelConfig
+    from bcmb_jax.weights import pretrained
 
     d = tmp_path_factory.mktemp("evaluate")
-    demo_data.write_corpus(d / "notes.jsonl", n_docs=120, seed=1)
-    demo_data.build_tokenizer([d / "notes.jsonl"], d / "tok", vocab_size=600)
+    demo_corpus.write_corpus(d / "notes.jsonl", n_docs=120, seed=1)
+    demo_corpus.build_tokenizer([d / "notes.jsonl"], d / "tok", vocab_size=600)
     mlm = model.build(ModelConfig(**TINY_MODEL), "mlm", seed=0)
     pretrained.save_jax(mlm, d / "tiny", tokenizer_dir=d / "tok")
     return {"root": d, "model": d / "tiny", "tok": d / "tok", "csv": write_csv_task(d / "csv"),

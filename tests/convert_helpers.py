@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from conftest import rng_ids
 
-from bcmb_jax import params as P
-from bcmb_jax.config import ModelConfig
+from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.weights import keymap
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("convert_weights", REPO / "convert_weights.py")
@@ -180,6 +180,6 @@ def composer_file(path: Path, hf, opt, monkeypatch, *, fqn: bool = False, tokeni
 
 
 def jax_tree_of(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
-    tree, report = P.hf_to_nnx(sd, cfg, "mlm")
+    tree, report = keymap.hf_to_nnx(sd, cfg, "mlm")
     assert not report.missing
     return jax.tree.map(jnp.asarray, tree)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcmb_jax.data import DataConfig
-from bcmb_jax.sources import SourceConfig
+from bcmb_jax.data.config import DataConfig, SourceConfig
 
 N_WORDS = 1000  # word-level fixture vocabulary: w0..w999 -> ids 5..1004
 

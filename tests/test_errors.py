@@ -74,12 +74,12 @@ def fx(tmp_path_factory) -> SimpleNamespace:
     """A corpus + tokenizer, a tiny HF model, its JAX conversion, a trained run (2 checkpoints), an evil HF dir."""
     import convert_weights
     import train
-    from bcmb_jax import demo_data
+    from bcmb_jax.data import demo_corpus
 
     root = tmp_path_factory.mktemp("fixtures")
     corpus = root / "corpus"
-    demo_data.write_corpus(corpus / "notes.jsonl", n_docs=120, seed=1)
-    demo_data.build_tokenizer([corpus / "notes.jsonl"], corpus / "tokenizer", vocab_size=512)
+    demo_corpus.write_corpus(corpus / "notes.jsonl", n_docs=120, seed=1)
+    demo_corpus.build_tokenizer([corpus / "notes.jsonl"], corpus / "tokenizer", vocab_size=512)
     hf = save_hf(hf_model("mlm"), root / "hf")
     assert convert_weights.main(["to-jax", str(hf), str(root / "jax"), "--no-progress"]) == 0
     evil = root / "evil"
@@ -291,8 +291,8 @@ def test_ctrl_c_during_a_conversion(tmp_path):
     cfg = hf_model("mlm").config
     cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size = 65536, 256, 384
     cfg.save_pretrained(big)
-    from bcmb_jax.config import ModelConfig
-    from bcmb_jax.params import expected_shape, key_map
+    from bcmb_jax.modeling.config import ModelConfig
+    from bcmb_jax.weights.keymap import expected_shape, key_map
 
     mcfg = ModelConfig.from_hf_dict(json.loads((big / "config.json").read_text()))
     rng = np.random.default_rng(0)
@@ -318,8 +318,8 @@ def test_ctrl_c_during_a_conversion(tmp_path):
 
 
 def test_resume_differences_lists_model_and_data_keys():
-    from bcmb_jax import preflight
-    from bcmb_jax.config import ModelConfig
+    from bcmb_jax.modeling.config import ModelConfig
+    from bcmb_jax.training import preflight
 
     old = ModelConfig.from_hf_dict(TINY_MODEL).to_hf_dict("ModernBertForMaskedLM")
     new = ModelConfig.from_hf_dict({**TINY_MODEL, "num_hidden_layers": 6}).to_hf_dict()
@@ -334,8 +334,9 @@ def test_resume_differences_lists_model_and_data_keys():
 def test_seq_len_and_vocabulary_checks():
     from types import SimpleNamespace as NS
 
-    from bcmb_jax import preflight
-    from bcmb_jax.config import ConfigError, ModelConfig
+    from bcmb_jax.errors import ConfigError
+    from bcmb_jax.modeling.config import ModelConfig
+    from bcmb_jax.training import preflight
 
     mcfg = ModelConfig.from_hf_dict(TINY_MODEL)
     preflight.check_seq_len(256, mcfg)

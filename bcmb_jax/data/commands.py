@@ -1,0 +1,81 @@
+"""The data pipeline's command line: measure it, or fill the token cache.
+
+    python -m bcmb_jax.data stats --config run.yaml [data.seq_len=1024 max_batches=50 ...]
+    python -m bcmb_jax.data prepare --config run.yaml      # fill the token cache only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+
+from bcmb_jax import cli, errors, runconfig
+from bcmb_jax.data.config import DataConfig, SourceConfig
+from bcmb_jax.data.corpus import prepare
+from bcmb_jax.data.pipeline import run_stats
+from bcmb_jax.data.tokenizer import load_tokenizer
+from bcmb_jax.errors import DataError
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+_CLI_KEYS = {"batch_size": 8, "max_batches": None, "epochs": 1, "seed": 0, "process_index": 0, "process_count": 1}
+
+
+def _parse_cli(argv: list[str]) -> tuple[str, str | None, dict, list[str]]:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("stats", "prepare"):
+        print(__doc__.strip() + "\n\nkeys (data.KEY=VALUE or KEY=VALUE):\n" + runconfig.help_text(DataConfig)
+              + "\n\nkeys of each entry of `sources`:\n" + runconfig.help_text(SourceConfig)
+              + "\n\nstats also takes: " + ", ".join(f"{k}= [default {v}]" for k, v in _CLI_KEYS.items()))
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    cmd, rest, path, extra, over = argv[0], argv[1:], None, dict(_CLI_KEYS), []
+    while rest:
+        a = rest.pop(0)
+        if a == "--config" and rest:
+            path = rest.pop(0)
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif "=" in a:
+            key, value = a.split("=", 1)
+            key = key.removeprefix("data.")
+            if key in extra:
+                extra[key] = runconfig.parse_overrides([f"x={value}"])["x"]
+            else:
+                over.append(f"{key}={value}")
+        else:
+            raise errors.ConfigError(f"unexpected argument {a!r} (expected --config FILE or key=value)")
+    return cmd, path, extra, over
+
+
+@cli.command
+def main(argv: list[str] | None = None) -> int:
+    from absl import flags  # grain's worker processes read absl flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cmd, path, extra, over = _parse_cli(list(sys.argv[1:] if argv is None else argv))
+    cfg = runconfig.load(DataConfig, path, over, section="data")
+    if cmd == "prepare":
+        if not cfg.cache_dir:
+            raise DataError("prepare needs data.cache_dir")
+        tok = load_tokenizer(cfg.tokenizer, cfg.prefix_space)
+        corpus = prepare(cfg, tok)
+        print(json.dumps(dataclasses.asdict(corpus.stats()) | {"prepare_s": round(corpus.seconds, 3)}))
+        return 0
+    s = run_stats(cfg, **extra)
+    print("sources: " + ", ".join(f"{k} ({v['docs']} docs, {v['chunks']} chunks, {v['tokens']} tokens, "
+                                   f"weight {v['weight']})" for k, v in s["sources"].items()))
+    print(f"read: {s['files']} files, {s['docs']} documents, {s['skipped_empty']} empty skipped, "
+          f"{s['replaced_utf8']} invalid bytes replaced, {s['chunks']} chunks in {s['prepare_s']} s")
+    print(f"packed: {s['rows']} rows x {s['seq_len']} = {s['batches']} batches of {s['batch_size']}, "
+          f"{s['tokens']} tokens, non-pad {s['non_pad_fraction']:.4f}, packing efficiency "
+          f"{s['packing_efficiency']:.4f}")
+    print(f"masking: {s['mask_fraction']:.4f} of tokens selected ({s['mask_token_share']:.3f} [MASK], "
+          f"{s['random_token_share']:.3f} random)")
+    print(f"speed: {s['tokens_per_s']:.0f} tokens/s overall, {s['iterate_tokens_per_s']:.0f} tokens/s "
+          "after preparation")
+    print(json.dumps(s))
+    return 0

@@ -1,0 +1,66 @@
+"""Bidirectional attention over packed rows: one function (`masks.py`), three backends.
+
+Backends (the run-time option `Runtime.attention_backend`, see `runtime.py`):
+  reference  `jax.nn.dot_product_attention` with the dense T x T mask; the oracle of the tests.
+  blocked    the XLA:CPU kernels of `blocked.py`: banded local layers, block-skipping online
+             softmax for global layers, O(T * block) memory in both passes. The default.
+  gpu        the Pallas kernel of `pallas_attention.py` for both layer kinds (per-query key
+             ranges: document span, and the window on local layers). Falls back to `blocked`
+             when no GPU is present, unless `interpret=True` (the Pallas interpreter, for tests).
+
+Layouts: `attention` takes q/k/v_BTNK (batch, tokens, heads, head dim); the model calls
+`attention_heads_first` with q/k/v_BNTK, the layout the kernels work in, so each layer transposes
+once. seg_BT is int32. Softmax statistics are float32 in every backend.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from bcmb_jax.modeling.masks import reference_attention
+
+BACKENDS = ("blocked", "reference", "gpu")
+
+
+def attention(q_BTNK: jax.Array, k_BTNK: jax.Array, v_BTNK: jax.Array, seg_BT: jax.Array, *,
+              window: int | None, backend: str = "blocked", local_chunk: int = 64, global_chunk: int = 1024,
+              interpret: bool = False) -> jax.Array:
+    """Scaled dot-product attention; `window` is the half-width of a local layer, None for global."""
+    if backend == "reference":
+        return reference_attention(q_BTNK, k_BTNK, v_BTNK, seg_BT, window=window, scale=q_BTNK.shape[-1] ** -0.5)
+    o_BNTK = attention_heads_first(*(jnp.swapaxes(x, 1, 2) for x in (q_BTNK, k_BTNK, v_BTNK)), seg_BT,
+                                   window=window, backend=backend, local_chunk=local_chunk,
+                                   global_chunk=global_chunk, interpret=interpret)
+    return jnp.swapaxes(o_BNTK, 1, 2)
+
+
+def attention_heads_first(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Array, seg_BT: jax.Array, *,
+                          window: int | None, backend: str = "blocked", local_chunk: int = 64,
+                          global_chunk: int = 1024, interpret: bool = False) -> jax.Array:
+    """`attention` in the heads-first layout: q/k/v_BNTK -> o_BNTK (q unscaled)."""
+    scale = q_BNTK.shape[-1] ** -0.5
+    if backend == "reference":
+        o_BTNK = reference_attention(*(jnp.swapaxes(x, 1, 2) for x in (q_BNTK, k_BNTK, v_BNTK)), seg_BT,
+                                     window=window, scale=scale)
+        return jnp.swapaxes(o_BTNK, 1, 2)
+    if backend == "gpu" and (interpret or gpu_available()):
+        from bcmb_jax.modeling.pallas_attention import pallas_attention
+
+        return pallas_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale, interpret=interpret)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    from bcmb_jax.modeling.blocked import blocked_attention
+
+    return blocked_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale,
+                             local_chunk=local_chunk, global_chunk=global_chunk)
+
+
+@functools.cache
+def gpu_available() -> bool:
+    try:
+        return any(d.platform == "gpu" for d in jax.devices())
+    except RuntimeError:
+        return False

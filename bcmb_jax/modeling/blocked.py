@@ -1,0 +1,360 @@
+"""Blocked attention kernels for XLA:CPU: the `blocked` backend (see `attention.py` for the function).
+
+Local layers run as banded query blocks, O(T * window) time and memory; global layers as an
+online softmax over key blocks that skips the blocks no query of the block can see (other
+documents of a packed row). Both have a hand-written backward pass that recomputes the scores,
+so no T x T buffer exists in the forward or the backward pass.
+
+XLA:CPU runs each operation over a whole array before the next starts, so a [rows, heads, T, keys]
+buffer would make every softmax pass a trip to main memory. The kernels therefore loop over blocks
+so that the scores of a block stay in cache: local layers over (row, query block) pairs, global
+layers per row over key blocks and, inside, query blocks (each key/value block is sliced once; the
+online-softmax state of the row is updated in place), with a mask only on the block pairs that
+straddle a segment boundary. On other platforms the blocks are vectorized.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from bcmb_jax.modeling.masks import NEG, segment_spans
+
+LOCAL_BLOCKS_PER_STEP = 4  # local query blocks per loop step on CPU
+GLOBAL_QUERY_BLOCK = 256  # queries per block of the global kernel (scores of a block: heads x 256 x key block)
+f32 = jnp.float32
+
+
+def blocked_attention(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Array, seg_BT: jax.Array, *,
+                      window: int | None, scale: float, local_chunk: int = 64, global_chunk: int = 1024):
+    """Attention of heads-first q/k/v_BNTK; `local_chunk` query block of the local layers (>= window),
+    `global_chunk` key block of the global ones."""
+    q_BNTK = q_BNTK * jnp.asarray(scale, q_BNTK.dtype)
+    T = q_BNTK.shape[2]
+    if window is not None:
+        if local_chunk < window:
+            raise ValueError(f"local chunk {local_chunk} must be >= the half window {window}")
+        return local_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window, min(local_chunk, _round_up(T, 8)))
+    k_block = min(global_chunk, _round_up(T, 8))
+    return global_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, min(GLOBAL_QUERY_BLOCK, k_block), k_block)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces of the blocked kernels
+
+
+def _pad_axis(x, axis: int, before: int, after: int, fill=0):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return jnp.pad(x, widths, constant_values=fill)
+
+
+def _block(x, b, start, size: int):
+    """Row b, tokens [start, start + size) of a [B, N, T, ...] or [B, T] array, in one dynamic slice."""
+    t_axis = 2 if x.ndim >= 3 else 1
+    starts = [b] + [0] * (x.ndim - 1)
+    starts[t_axis] = start
+    sizes = list(x.shape)
+    sizes[0], sizes[t_axis] = 1, size
+    return jax.lax.dynamic_slice(x, starts, sizes)[0]
+
+
+def _tied_zeros(shape, tie, fill: float = 0.0):
+    """A constant array that XLA cannot compute before `tie` exists.
+
+    Loop buffers initialised from plain constants depend on nothing, and XLA:CPU's scheduler may
+    create them at the start of the program, so the buffers of every layer's loops would be live
+    at once. `fill + 0 * tie` (not folded for floats) pins them to the data they are for.
+    """
+    return jnp.full(shape, fill, f32) + 0 * tie.astype(f32)
+
+
+def _over_blocks(fn, n: int, tie, per_step: int = 1):
+    """Stacked fn(0), ..., fn(n - 1) (a pytree of arrays with a leading axis n).
+
+    On CPU a loop computes `per_step` blocks at a time (a cache-sized working set) into output
+    buffers tied to `tie`; elsewhere the blocks are vectorized.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.vmap(fn)(jnp.arange(n))
+    per_step = per_step if n % per_step == 0 else 1
+    step = jax.vmap(fn) if per_step > 1 else (lambda idx: jax.tree.map(lambda x: x[None], fn(idx[0])))
+    shapes = jax.eval_shape(step, jnp.zeros(per_step, jnp.int32))
+    outs = jax.tree.map(lambda sd: _tied_zeros((n, *sd.shape[1:]), tie).astype(sd.dtype), shapes)
+
+    def body(s, outs):
+        res = step(s * per_step + jnp.arange(per_step))
+        return jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, s * per_step, 0), outs, res)
+
+    return jax.lax.fori_loop(0, n // per_step, body, outs)
+
+
+def _unblock(x, B: int, n: int, T: int):
+    """[B * n, N, C, ...] per-block results -> [B, N, T, ...] (dropping the padded tail)."""
+    _, N, C = x.shape[:3]
+    x = x.reshape(B, n, N, C, *x.shape[3:])
+    x = jnp.moveaxis(x, 1, 2).reshape(B, N, n * C, *x.shape[4:])
+    return x[:, :, :T]
+
+
+def _softmax_grads(s_NCS, ok_CS, lse_NC, do_NCK, delta_NC, v_NSK):
+    """Recomputed probabilities and score gradients of one block: (p, ds)."""
+    p = jnp.exp((s_NCS if ok_CS is True else jnp.where(ok_CS, s_NCS, NEG)) - lse_NC[..., None])
+    dp = jnp.einsum("nqk,nsk->nqs", do_NCK, v_NSK, preferred_element_type=f32)
+    return p, p * (dp - delta_NC[..., None])
+
+
+def _delta(do_BNTK, o_BNTK):
+    return jnp.einsum("bntk,bntk->bnt", do_BNTK.astype(f32), o_BNTK.astype(f32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Local layers: each query block of C tokens against its window of C + 2w keys.
+
+
+def _local_setup(k, v, seg, w: int, C: int):
+    B, N, T, K = k.shape
+    nC = -(-T // C)
+    tail = nC * C - T
+    # Keys padded by w on both sides (segment -2 matches nothing): block i's window starts at i*C.
+    kp, vp = (_pad_axis(x, 2, w, tail + w) for x in (k, v))
+    segk = _pad_axis(seg, 1, w, tail + w, -2)
+    segq = _pad_axis(seg, 1, 0, tail, -1)  # -1: padding added here; it matches only itself
+    a = jnp.arange(C)[:, None]
+    b = jnp.arange(C + 2 * w)[None, :]
+    band_CS = jnp.abs(b - w - a) <= w  # key b of the window is token i*C - w + b; query a is i*C + a
+    return nC, kp, vp, segq, segk, band_CS
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def local_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window: int, chunk: int):
+    """Banded attention (q pre-scaled): |i - j| <= window inside a segment; O(T * (chunk + 2 window))."""
+    return _local_fwd(q_BNTK, k_BNTK, v_BNTK, seg_BT, window, chunk)[0]
+
+
+def _local_fwd(q, k, v, seg, w, C):
+    B, N, T, K = q.shape
+    nC, S = -(-T // C), C + 2 * w
+    Lk = max(nC * C, S)  # keys are padded only when T is not a multiple of C or shorter than a window
+    qp = _pad_axis(q, 2, 0, nC * C - T)
+    kp, vp = (_pad_axis(x, 2, 0, Lk - T) for x in (k, v))
+    segq = _pad_axis(seg, 1, 0, nC * C - T, -1)
+    segk = _pad_axis(seg, 1, 0, Lk - T, -2)
+    a_CS = jnp.arange(C)[:, None] - jnp.arange(S)[None, :]
+
+    def one(idx):
+        b, i = idx // nC, idx % nC
+        # Window of S keys from i*C - w, moved inside [0, Lk) at the edges (it still holds every key
+        # within w of the block's queries); the band is then |key - query| <= w in row positions.
+        start = jnp.clip(i * C - w, 0, Lk - S)
+        q_NCK = _block(qp, b, i * C, C)
+        k_NSK, v_NSK = _block(kp, b, start, S), _block(vp, b, start, S)
+        band = jnp.abs(a_CS + (i * C - start)) <= w
+        ok_CS = band & (_block(segq, b, i * C, C)[:, None] == _block(segk, b, start, S)[None, :])
+        s = jnp.where(ok_CS, jnp.einsum("nqk,nsk->nqs", q_NCK, k_NSK, preferred_element_type=f32), NEG)
+        m = s.max(-1)
+        p = jnp.exp(s - m[..., None])
+        l_NC = p.sum(-1)
+        o = jnp.einsum("nqs,nsk->nqk", p.astype(v.dtype), v_NSK, preferred_element_type=f32) / l_NC[..., None]
+        return o.astype(q.dtype), m + jnp.log(l_NC)
+
+    o, lse = _over_blocks(one, B * nC, q.reshape(-1)[0], LOCAL_BLOCKS_PER_STEP)
+    return _unblock(o, B, nC, T), _unblock(lse, B, nC, T)
+
+
+def _local_fwd_rule(q, k, v, seg, w, C):
+    o, lse = _local_fwd(q, k, v, seg, w, C)
+    return o, (q, k, v, seg, o, lse)
+
+
+def _local_bwd_rule(w, C, res, do):
+    q, k, v, seg, o, lse = res
+    B, N, T, K = q.shape
+    nC, kp, vp, segq, segk, band = _local_setup(k, v, seg, w, C)
+    tail = nC * C - T
+    qp, dop = _pad_axis(q, 2, 0, tail), _pad_axis(do.astype(v.dtype), 2, 0, tail)
+    lsep, deltap = _pad_axis(lse, 2, 0, tail), _pad_axis(_delta(do, o), 2, 0, tail)
+    S = C + 2 * w
+
+    def one(idx):
+        b, i = idx // nC, idx % nC
+        q_NCK, do_NCK = _block(qp, b, i * C, C), _block(dop, b, i * C, C)
+        k_NSK, v_NSK = _block(kp, b, i * C, S), _block(vp, b, i * C, S)
+        ok_CS = band & (_block(segq, b, i * C, C)[:, None] == _block(segk, b, i * C, S)[None, :])
+        s = jnp.einsum("nqk,nsk->nqs", q_NCK, k_NSK, preferred_element_type=f32)
+        p, ds = _softmax_grads(s, ok_CS, _block(lsep, b, i * C, C), do_NCK, _block(deltap, b, i * C, C),
+                               v_NSK)
+        ds = ds.astype(q.dtype)
+        dq = jnp.einsum("nqs,nsk->nqk", ds, k_NSK, preferred_element_type=f32)
+        dk = jnp.einsum("nqs,nqk->nsk", ds, q_NCK, preferred_element_type=f32)
+        dv = jnp.einsum("nqs,nqk->nsk", p.astype(do_NCK.dtype), do_NCK, preferred_element_type=f32)
+        return dq, dk, dv
+
+    dq, dk_win, dv_win = _over_blocks(one, B * nC, do.reshape(-1)[0])
+
+    def fold(x_win):
+        # Window i covers padded key positions [i*C, i*C + C + 2w): add the overlapping windows back.
+        x = x_win.reshape(B, nC, N, S, K)
+        y = _tied_zeros((B, N, nC * C + 2 * w, K), x_win.reshape(-1)[0])
+        for part in range(-(-S // C)):  # pieces of C keys (the last may be shorter)
+            lo, hi = part * C, min(S, (part + 1) * C)
+            piece = jnp.moveaxis(x[:, :, :, lo:hi], 1, 2)  # [B, N, nC, hi - lo, K]
+            piece = _pad_axis(piece, 3, 0, C - (hi - lo)).reshape(B, N, nC * C, K)
+            # flat index f of this piece is padded key position f + lo (lax.pad crops when negative)
+            y = y + jax.lax.pad(piece, jnp.zeros((), f32), [(0, 0, 0), (0, 0, 0), (lo, 2 * w - lo, 0), (0, 0, 0)])
+        return y[:, :, w:w + T]
+
+    return (_unblock(dq, B, nC, T).astype(q.dtype), fold(dk_win).astype(k.dtype), fold(dv_win).astype(v.dtype),
+            None)
+
+
+local_attention.defvjp(_local_fwd_rule, _local_bwd_rule)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global layers: online softmax over the key blocks a query block can see.
+
+
+def _key_block_ranges(seg_BT, Cq: int, Ck: int, nQ: int):
+    """[B, nQ] first and one-past-last key block the queries of each query block may attend to."""
+    B, T = seg_BT.shape
+    first, last = segment_spans(seg_BT)
+    tail = nQ * Cq - T
+    lo = _pad_axis(first, 1, 0, tail, T).reshape(B, nQ, Cq).min(-1) // Ck
+    hi = _pad_axis(last, 1, 0, tail, 0).reshape(B, nQ, Cq).max(-1) // Ck + 1
+    return lo, hi
+
+
+def _global_setup(q, k, v, seg, Cq, Ck):
+    B, N, T, K = q.shape
+    nQ, nK = -(-T // Cq), -(-T // Ck)
+    qp = _pad_axis(q, 2, 0, nQ * Cq - T)
+    kp, vp = (_pad_axis(x, 2, 0, nK * Ck - T) for x in (k, v))
+    segq = _pad_axis(seg, 1, 0, nQ * Cq - T, -1)
+    segk = _pad_axis(seg, 1, 0, nK * Ck - T, -2)
+    lo, hi = _key_block_ranges(seg, Cq, Ck, nQ)
+    j = jnp.arange(nK)
+    visit = (lo[:, :, None] <= j) & (j < hi[:, :, None])  # [B, nQ, nK]
+    # Block pairs inside a single segment need no mask (every pair of a fixed-length row).
+    sq, sk = segq.reshape(B, nQ, Cq), segk.reshape(B, nK, Ck)
+    q_lo, q_hi, k_lo, k_hi = sq.min(-1), sq.max(-1), sk.min(-1), sk.max(-1)
+    one_segment = (q_lo == q_hi)[:, :, None] & (k_lo == k_hi)[:, None, :] & (q_lo[:, :, None] == k_lo[:, None, :])
+    # 0: skip the pair, 1: attend without a mask, 2: attend with the segment mask
+    case = jnp.where(visit, jnp.where(one_segment, 1, 2), 0)
+    return nQ, nK, qp, kp, vp, segq, segk, case
+
+
+def _pair_switch(case, skip, plain, masked, carry):
+    """Runs the branch of a block pair; when vectorized (no real branches) always the masked one."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.switch(case, [skip, plain, masked], carry)
+    return jax.lax.cond(case > 0, masked, skip, carry)
+
+
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def global_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, q_block: int, k_block: int):
+    """Full attention inside segments (q pre-scaled); O(T * block) memory in both passes.
+
+    Per row: an outer loop over key blocks and an inner loop over query blocks, so each key/value
+    block is sliced once and the online-softmax state of the row (m, l, acc) is updated in place.
+    """
+    return _global_fwd(q_BNTK, k_BNTK, v_BNTK, seg_BT, q_block, k_block)[0]
+
+
+def _global_fwd(q, k, v, seg, Cq, Ck):
+    B, N, T, K = q.shape
+    nQ, nK, qp, kp, vp, segq, segk, case = _global_setup(q, k, v, seg, Cq, Ck)
+
+    def row(b):
+        def key_block(carry, j):
+            k_NSK, v_NSK = _block(kp, b, j * Ck, Ck), _block(vp, b, j * Ck, Ck)
+            segk_S = _block(segk, b, j * Ck, Ck)
+
+            def query_block(carry, i):
+                def attend(state, masked: bool):
+                    m, l_NC, acc = state
+                    s = jnp.einsum("nqk,nsk->nqs", _block(qp, b, i * Cq, Cq), k_NSK, preferred_element_type=f32)
+                    if masked:
+                        s = jnp.where(_block(segq, b, i * Cq, Cq)[:, None] == segk_S[None, :], s, NEG)
+                    m_new = jnp.maximum(m, s.max(-1))
+                    p = jnp.exp(s - m_new[..., None])
+                    corr = jnp.exp(m - m_new)
+                    pv = jnp.einsum("nqs,nsk->nqk", p.astype(v.dtype), v_NSK, preferred_element_type=f32)
+                    return m_new, l_NC * corr + p.sum(-1), acc * corr[..., None] + pv
+
+                # The branches see only this query block's state; the row buffers are updated in place.
+                state = tuple(jax.lax.dynamic_slice_in_dim(x, i * Cq, Cq, 1) for x in carry)
+                state = _pair_switch(case[b, i, j], lambda st: st, functools.partial(attend, masked=False),
+                                     functools.partial(attend, masked=True), state)
+                return tuple(jax.lax.dynamic_update_slice_in_dim(x, y, i * Cq, 1) for x, y in zip(carry, state)), None
+
+            return jax.lax.scan(query_block, carry, jnp.arange(nQ))[0], None
+
+        Tq, tie = nQ * Cq, _block(qp, b, 0, 1)[0, 0, 0]
+        init = (_tied_zeros((N, Tq), tie, NEG), _tied_zeros((N, Tq), tie), _tied_zeros((N, Tq, K), tie))
+        (m, l_NC, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nK))
+        return (acc / l_NC[..., None])[:, :T].astype(q.dtype), (m + jnp.log(l_NC))[:, :T]
+
+    return _over_blocks(row, B, q.reshape(-1)[0])
+
+
+def _global_fwd_rule(q, k, v, seg, Cq, Ck):
+    o, lse = _global_fwd(q, k, v, seg, Cq, Ck)
+    return o, (q, k, v, seg, o, lse)
+
+
+def _global_bwd_rule(Cq, Ck, res, do):
+    q, k, v, seg, o, lse = res
+    B, N, T, K = q.shape
+    nQ, nK, qp, kp, vp, segq, segk, case = _global_setup(q, k, v, seg, Cq, Ck)
+    dop = _pad_axis(do.astype(v.dtype), 2, 0, nQ * Cq - T)
+    lsep, deltap = (_pad_axis(x, 2, 0, nQ * Cq - T) for x in (lse, _delta(do, o)))
+
+    def row(b):
+        def key_block(carry, j):
+            dq, dk_all, dv_all = carry
+            k_NSK, v_NSK = _block(kp, b, j * Ck, Ck), _block(vp, b, j * Ck, Ck)
+            segk_S = _block(segk, b, j * Ck, Ck)
+
+            def query_block(carry, i):
+                def attend(state, masked: bool):
+                    dq_i, dk, dv = state
+                    q_NCK, do_NCK = _block(qp, b, i * Cq, Cq), _block(dop, b, i * Cq, Cq)
+                    ok_CS = _block(segq, b, i * Cq, Cq)[:, None] == segk_S[None, :] if masked else True
+                    s = jnp.einsum("nqk,nsk->nqs", q_NCK, k_NSK, preferred_element_type=f32)
+                    p, ds = _softmax_grads(s, ok_CS, _block(lsep, b, i * Cq, Cq), do_NCK,
+                                           _block(deltap, b, i * Cq, Cq), v_NSK)
+                    ds = ds.astype(q.dtype)
+                    dv = dv + jnp.einsum("nqs,nqk->nsk", p.astype(do_NCK.dtype), do_NCK, preferred_element_type=f32)
+                    dk = dk + jnp.einsum("nqs,nqk->nsk", ds, q_NCK, preferred_element_type=f32)
+                    return dq_i + jnp.einsum("nqs,nsk->nqk", ds, k_NSK, preferred_element_type=f32), dk, dv
+
+                dq, dk, dv = carry
+                state = (jax.lax.dynamic_slice_in_dim(dq, i * Cq, Cq, 1), dk, dv)
+                dq_i, dk, dv = _pair_switch(case[b, i, j], lambda st: st, functools.partial(attend, masked=False),
+                                            functools.partial(attend, masked=True), state)
+                return (jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * Cq, 1), dk, dv), None
+
+            zero = _tied_zeros((N, Ck, K), tie)
+            (dq, dk, dv), _ = jax.lax.scan(query_block, (dq, zero, zero), jnp.arange(nQ))
+            return (dq, jax.lax.dynamic_update_slice_in_dim(dk_all, dk, j * Ck, 1),
+                    jax.lax.dynamic_update_slice_in_dim(dv_all, dv, j * Ck, 1)), None
+
+        tie = _block(dop, b, 0, 1)[0, 0, 0]
+        init = (_tied_zeros((N, nQ * Cq, K), tie), _tied_zeros((N, nK * Ck, K), tie), _tied_zeros((N, nK * Ck, K), tie))
+        (dq, dk, dv), _ = jax.lax.scan(key_block, init, jnp.arange(nK))
+        return dq[:, :T], dk[:, :T], dv[:, :T]
+
+    dq, dk, dv = _over_blocks(row, B, do.reshape(-1)[0])
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+global_attention.defvjp(_global_fwd_rule, _global_bwd_rule)
+

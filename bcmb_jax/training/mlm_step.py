@@ -1,0 +1,141 @@
+"""The jitted MLM train step: sparse masked-token loss, gradient accumulation, the optimizer update.
+
+The train state is a plain pytree {params, opt_state, step}: `params` is the nested parameter dict of
+the model (NNX paths, layer indices as ints, the same form as a JAX checkpoint directory's `params/`),
+so checkpoints, conversion and export share one format. `train_step(state, batch, lr)` is a pure
+function; the model is rebuilt from (graphdef, params) inside it. Python work (data, schedule,
+logging) stays outside the step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bcmb_jax.training import optim
+
+IGNORE = -100
+
+
+def split_model(model, training: bool = True) -> tuple[nnx.GraphDef, dict, Any]:
+    """(graphdef, params as a pure dict, the other state: dropout RNG streams).
+
+    A `training` graph applies the layer norms as LayerNorms unless the model recomputes its layers
+    (`runtime.normed_linear`: the faster choice for XLA:CPU's backward pass); `model` is not changed.
+    """
+    model = nnx.with_attributes(model, runtime=model.runtime.replace(fold_norms=model.model.remat or not training))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(params), rest
+
+
+def fresh_rngs(rest, key: jax.Array):
+    """Dropout RNG streams for one step: stream i gets fold_in(key, i), counts reset; resumes exactly."""
+    leaves, treedef = jax.tree.flatten(rest)
+    out = []
+    for i, leaf in enumerate(leaves):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            out.append(jax.random.fold_in(key, i))
+        else:
+            out.append(jnp.zeros_like(leaf))
+    return jax.tree.unflatten(treedef, out)
+
+
+def masked_cap(seq_len: int, rate: float, sigmas: float) -> int:
+    """Static room for masked positions per row: mean + `sigmas` binomial std devs (+ 8)."""
+    mean = seq_len * rate
+    return int(min(seq_len, math.ceil(mean + sigmas * math.sqrt(max(mean * (1 - rate), 1.0)) + 8)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+
+
+def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024):
+    """Sum of cross-entropies over the masked positions (sparse prediction) and their count.
+
+    The head and the tied decoder run only on the gathered masked positions, `chunk` at a time
+    with recomputation in the backward pass, so [tokens, vocab] logits never exist at once. The
+    logits, softmax and sums are float32 also when the model computes in bfloat16.
+    """
+    labels_RT = batch["labels"]
+    h_RTD = model.model(batch["input_ids"], batch["segment_ids"], batch["position_ids"])
+    is_masked_RT = labels_RT != IGNORE
+    count_R = is_masked_RT.sum(-1)
+    idx_RC = jax.vmap(lambda m: jnp.nonzero(m, size=cap, fill_value=0)[0])(is_masked_RT)
+    h_ND = jnp.take_along_axis(h_RTD, idx_RC[..., None], axis=1).reshape(-1, h_RTD.shape[-1])
+    y_N = jnp.take_along_axis(labels_RT, idx_RC, axis=1).reshape(-1)
+    valid_N = (jnp.arange(cap)[None] < count_R[:, None]).reshape(-1)
+    n = h_ND.shape[0]
+    chunk = min(chunk, n)
+    pad = -n % chunk
+    h_cND = jnp.pad(h_ND, ((0, pad), (0, 0))).reshape(-1, chunk, h_ND.shape[-1])
+    y_cN = jnp.pad(y_N, (0, pad)).reshape(-1, chunk)
+    v_cN = jnp.pad(valid_N, (0, pad)).reshape(-1, chunk)
+
+    @jax.checkpoint
+    def piece(h, y, v):
+        logits = model.mlm_logits(h, jnp.float32)  # float32 logits and log-softmax whatever the compute dtype
+        return jnp.where(v, optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(v, y, 0)), 0).sum()
+
+    total = jax.lax.map(lambda a: piece(*a), (h_cND, y_cN, v_cN)).sum()
+    dropped = jnp.maximum(count_R - cap, 0).sum()
+    return total, jnp.minimum(count_R, cap).sum(), dropped
+
+
+def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, seed: int):
+    """train_step(state, batch [accum, rows, T] arrays, lr) -> (state, metrics); jit it with donation.
+
+    Mixed precision: the model computes in its compute dtype (bfloat16 on GPUs) from float32
+    parameters; gradients (accumulated over micro-batches), optimizer state, updates and the loss
+    are float32. `metrics` stay on the device: `finite` (loss and new weights) is for a guard that
+    reads it when it logs, so no step waits for the host.
+    """
+    base_key = jax.random.key(seed)
+
+    def train_step(state, batch, lr):
+        params = state["params"]
+        key = jax.random.fold_in(base_key, state["step"])
+
+        def loss_fn(p, micro, k):
+            model = nnx.merge(graphdef, p, fresh_rngs(rest, k))
+            total, count, dropped = mlm_loss_sum(model, micro, cap)
+            return total, (count, dropped)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def accumulate(carry, xs):
+            g_acc, l_acc, n_acc, d_acc = carry
+            micro, i = xs
+            (total, (count, dropped)), g = grad_fn(params, micro, jax.random.fold_in(key, i))
+            return (jax.tree.map(jnp.add, g_acc, g), l_acc + total, n_acc + count, d_acc + dropped), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        n_micro = batch["input_ids"].shape[0]
+        init = (zeros, jnp.float32(0), jnp.int32(0), jnp.int32(0))
+        (g_sum, l_sum, n, dropped), _ = jax.lax.scan(accumulate, init, (batch, jnp.arange(n_micro)))
+        denom = jnp.maximum(n, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denom, g_sum)  # mean over every masked token of the global batch
+        opt_state = optim.set_learning_rate(state["opt_state"], lr)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+        finite = jnp.isfinite(l_sum) & jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(new_params)]))
+        metrics = {"loss": l_sum / denom, "grad_norm": optax.tree.norm(grads), "masked_tokens": n,
+                   "dropped": dropped, "tokens": (batch["segment_ids"] > 0).sum(), "finite": finite}
+        return new_state, metrics
+
+    return train_step
+
+
+def init_state(params: dict, tx: optax.GradientTransformation, moments: tuple | None = None) -> dict:
+    opt_state = tx.init(params)
+    if moments is not None:
+        step, mu, nu = moments
+        seeded = optim.stable_adamw_state_from_moments(params, mu, nu, step)
+        opt_state = optim.replace_stable_adamw_state(opt_state, seeded)
+    return {"params": params, "opt_state": opt_state, "step": jnp.int32(0)}

@@ -1,0 +1,80 @@
+"""Where a run starts from: the model config, the initial weights and the optimizer moments.
+
+`model.init` may be a JAX checkpoint directory (`convert_weights.py to-jax`), a previous run (phase 1 ->
+phase 2: weights and the whole optimizer state), or an HF directory / hub id; without it the model is
+random from `seed` with `model.config` + `model.overrides`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.modeling.model import build
+from bcmb_jax.training import checkpoints
+from bcmb_jax.training.config import TrainConfig
+from bcmb_jax.weights import directories, pretrained
+
+# ---------------------------------------------------------------------------------------------
+# Model and state
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    if cfg.model.init:
+        mcfg, _ = pretrained.model_config(cfg.model.init)
+    elif cfg.model.config:
+        mcfg = ModelConfig.from_json(cfg.model.config)
+    else:
+        mcfg = ModelConfig()
+    if cfg.model.overrides:
+        base = mcfg.to_hf_dict()
+        if "num_hidden_layers" in cfg.model.overrides and "layer_types" not in cfg.model.overrides:
+            base.pop("layer_types")  # re-derived from global_attn_every_n_layers for the new depth
+        mcfg = ModelConfig.from_hf_dict({**base, **cfg.model.overrides}, source="model.overrides")
+    return mcfg
+
+
+def init_model(cfg: TrainConfig, mcfg: ModelConfig):
+    """The MLM model (train mode): weights from `model.init` (a run dir, JAX or HF checkpoint) or random from `seed`."""
+    dtype = jnp.dtype(cfg.model.compute_dtype)
+    if cfg.model.init:
+        model = pretrained.from_pretrained(cfg.model.init, task="mlm", dtype=dtype, seed=cfg.seed,
+                                           remat=cfg.model.remat, config_overrides=_overrides(cfg, mcfg),
+                                           runtime=cfg.model.attention_backend)
+        model.train()
+        return model
+    return build(mcfg, "mlm", seed=cfg.seed, dtype=dtype, remat=cfg.model.remat, runtime=cfg.model.attention_backend)
+
+
+def _overrides(cfg: TrainConfig, mcfg: ModelConfig) -> dict:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return {k: getattr(mcfg, k) for k in cfg.model.overrides if k in known}
+
+
+def initial_moments(cfg: TrainConfig, params: dict) -> tuple | None:
+    """(step, mu, nu) from `model.init`/optimizer (a converted Composer checkpoint), if wanted and present."""
+    if not (cfg.model.init and cfg.model.init_optimizer_state and cfg.optim.name == "stable_adamw"):
+        return None
+    if directories.is_run_dir(cfg.model.init):
+        return None  # a previous run's optimizer state is restored whole (`restore_init_optimizer`)
+    init = Path(cfg.model.init)
+    if not (init / "optimizer").is_dir():
+        return None
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    step, mu, nu, _ = directories.load_moments(init, abstract)
+    return step, mu, nu
+
+
+def restore_init_optimizer(cfg: TrainConfig, state: dict) -> dict:
+    """When `model.init` is a previous run (phase 1 -> phase 2), continue from its optimizer state."""
+    if not (cfg.model.init and cfg.model.init_optimizer_state and directories.is_run_dir(cfg.model.init)):
+        return state
+    where = directories.locate(cfg.model.init)  # the latest step, as `init_model` loaded its weights
+    previous = checkpoints.Checkpoints(Path(cfg.model.init), 1, read_only=True)
+    opt_state = previous.restore_optimizer(where.step, state["opt_state"])
+    previous.close()
+    return {**state, "opt_state": opt_state}

@@ -1,0 +1,53 @@
+"""evaluation/results.py and paper.py: result files, table.md beside the paper's Table 2, Table 6 markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bcmb_jax.evaluation import paper, results
+
+
+def _result(root, name, backend, task, scores, main="f1", row=None):
+    path, pred_dir = results.result_paths(root, name, backend, task)
+    seeds = {str(42 + i): {"test": {main: s}} for i, s in enumerate(scores)}
+    header = {"task": task, "backend": backend, "main_metric": main, "config": {"paper_row": row}}
+    return results.write_result(path, pred_dir, header, seeds, {})
+
+
+def test_table_md_puts_the_paper_row_and_the_difference_under_a_known_model(tmp_path):
+    obj = _result(tmp_path, "BioClinical-ModernBERT-base", "jax", "cos", [0.95, 0.96, 0.94])
+    assert obj["median"]["f1"] == pytest.approx(0.95)
+    _result(tmp_path, "BioClinical-ModernBERT-base", "jax", "chemprot", [0.9, 0.89, 0.91], main="weighted_f1")
+    _result(tmp_path, "mine", "torch", "cos", [0.9], row="ModernBERT-base")
+    _result(tmp_path, "other", "jax", "cos", [0.5])
+    lines = results.write_table(tmp_path).read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    assert header == "| model | backend | seeds | chemprot | cos |"
+    assert "| BioClinical-ModernBERT-base | jax | 3 | 90.0 (89.0–91.0) | 95.0 (94.0–96.0) |" in lines
+    assert "| *Δ vs paper* | jax | | +0.1 | -0.1 |" in lines  # ours - paper: 90.0 - 89.9, 95.0 - 95.1
+    assert "| *paper: BioClinical ModernBERT-base* | | 5 | 89.9 | 95.1 |" in lines
+    assert "| *paper: ModernBERT-base* | | 5 | 89.5 | 94.0 |" in lines  # by the recorded paper_row
+    assert "| *Δ vs paper* | torch | |  | -4.0 |" in lines
+    assert not any("paper" in line and "other" in line for line in lines)
+
+
+def test_paper_defaults_and_rows():
+    assert paper.default_lr("cos", "base") == (1e-4, "paper Table 5 (cos, base)")
+    assert paper.default_lr("social_history", "large")[0] == 2e-4
+    assert paper.default_lr("deid", None) == (2e-5, "fallback 2e-05 (model size is neither base nor large)")
+    assert paper.size_of(768) == "base" and paper.size_of(1024) == "large" and paper.size_of(128) is None
+    assert paper.table2_row("runs/bioclinical_modernbert_large") == "BioClinical ModernBERT-large"
+    assert paper.table2_row("clinical-longformer") == "Clinical-Longformer" and paper.table2_row("mine") is None
+    assert len(paper.TABLE5_LR) == 10 and all(lr > 0 for lr in paper.TABLE5_LR.values())
+
+
+def test_table6_markdown_has_ours_and_the_papers_row():
+    row = {"classes": 11, "examples": {"train": 705, "val": 151, "test": 152},
+           "avg_tokens": {"train": 24.51, "val": 24.0, "test": 23.4}}
+    text = results.table6({"cos": row, "csv": {**row, "classes": 3}})
+    assert "| cos (ours) | 11 | 705 | 151 | 152 | 24.5 | 24.0 | 23.4 |" in text
+    assert "| cos (paper) | 11 | 705 | 151 | 152 | 24.5 | 24.0 | 23.4 |" in text
+    assert "csv (paper)" not in text and "| csv (ours) | 3 |" in text
+    json.dumps(row)

@@ -1,0 +1,35 @@
+"""Run configs: YAML, key=value overrides, type checks and --help text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from bcmb_jax.errors import ConfigError
+from bcmb_jax.runconfig import help_text, load, opt
+
+
+@dataclass
+class Inner:
+    rate: float = opt(0.3, "masking rate")
+    names: list[str] = opt(["a"], "names")
+
+
+@dataclass
+class Outer:
+    seed: int = opt(17, "random seed")
+    data: Inner = opt(Inner(), "data section")
+
+
+def test_run_config_yaml_overrides_and_help(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("seed: 3\ndata:\n  rate: 0.15\n")
+    cfg = load(Outer, y, ["data.names=x,y", "seed=5"])
+    assert cfg.seed == 5 and cfg.data.rate == 0.15 and cfg.data.names == ["x", "y"]
+    with pytest.raises(ConfigError, match="data.bogus"):
+        load(Outer, y, ["data.bogus=1"])
+    with pytest.raises(ConfigError, match="`seed` must be int"):
+        load(Outer, y, ["seed=abc"])
+    text = help_text(Outer)
+    assert "data.rate" in text and "masking rate" in text and "random seed" in text

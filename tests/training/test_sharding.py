@@ -1,0 +1,79 @@
+"""training/sharding.py: every parameter's PartitionSpec on a data x fsdp mesh of 8 forced CPU devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = r"""
+import json, sys
+import jax
+import numpy as np
+from flax.traverse_util import flatten_dict
+from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.training import sharding
+from bcmb_jax.weights import keymap, pretrained
+
+assert jax.device_count() == 8, jax.devices()
+cfg = ModelConfig.from_hf_dict(json.loads(sys.argv[1]))
+out = {}
+for name, data, fsdp, rules in (("2x4", 2, 4, {}), ("1x8", 1, 8, {}), ("2x4_vocab", 2, 4, {"vocab": "fsdp"})):
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=data, fsdp=fsdp))
+    _, abstract, _ = pretrained.abstract_model(cfg, "mlm")
+    shardings = sharding.param_shardings(abstract, keymap.axes_tree(cfg, "mlm"), mesh, rules)
+    specs = {".".join(map(str, k)): [list(a) if isinstance(a, tuple) else a for a in v.spec]
+             for k, v in flatten_dict(shardings).items()}
+    # The arrays really are laid out that way: each device holds its shard.
+    placed = jax.device_put(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract), shardings)
+    shard_shapes = {".".join(map(str, k)): list(v.addressable_shards[0].data.shape)
+                    for k, v in flatten_dict(placed).items()}
+    out[name] = {"specs": specs, "shard_shapes": shard_shapes}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def layouts() -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(TINY)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def expected_spec(name: str, mesh: str) -> list:
+    """FSDP shards every matrix along its hidden-size (`embed`) dimension, the first one where there are
+    two; vectors stay replicated. With the rule vocab -> fsdp the embedding matrix shards its vocabulary."""
+    if name.endswith(("scale", "bias")):  # norm scales, biases, the decoder bias
+        return []
+    if name.endswith("tok_embeddings.embedding"):  # [vocab, embed]
+        return ["fsdp", None] if mesh == "2x4_vocab" else [None, "fsdp"]
+    if name.endswith(("attn.Wqkv.kernel", "mlp.Wi.kernel", "head.dense.kernel")):  # [embed, qkv | mlp_in | embed]
+        return ["fsdp", None]
+    if name.endswith(("attn.Wo.kernel", "mlp.Wo.kernel")):  # [attn | mlp, embed]
+        return [None, "fsdp"]
+    raise AssertionError(f"unexpected parameter {name}")
+
+
+@pytest.mark.parametrize("mesh", ["2x4", "1x8", "2x4_vocab"])
+def test_every_parameter_partition_spec(layouts, mesh):
+    specs, shard_shapes = layouts[mesh]["specs"], layouts[mesh]["shard_shapes"]
+    L = TINY["num_hidden_layers"]
+    assert len(specs) == 1 + 1 + (L - 1) + L * 5 + 1 + 3  # embeddings, norms, layers, final norm, head
+    fsdp = 8 if mesh == "1x8" else 4
+    for name, spec in specs.items():
+        assert spec == expected_spec(name, mesh), name
+    H, F, V = TINY["hidden_size"], TINY["intermediate_size"], TINY["vocab_size"]
+    assert shard_shapes["model.layers.1.attn.Wqkv.kernel"] == [H // fsdp, 3 * H]
+    assert shard_shapes["model.layers.1.mlp.Wo.kernel"] == [F, H // fsdp]
+    assert shard_shapes["model.embeddings.tok_embeddings.embedding"] == (
+        [V // fsdp, H] if mesh == "2x4_vocab" else [V, H // fsdp])
+    assert shard_shapes["model.final_norm.scale"] == [H]
