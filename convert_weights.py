@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from bcmb_jax import cli
 from bcmb_jax.cli import command, run
 
 EPILOG = """\
@@ -37,7 +38,7 @@ an existing non-empty OUT is left untouched unless --overwrite. Errors print one
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__.splitlines()[0], epilog=EPILOG,
+    p = cli.ArgumentParser(prog="convert_weights.py", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True, metavar="{to-jax,to-hf}")
     from bcmb_jax.modeling.heads import HEADS

@@ -52,32 +52,31 @@ from pathlib import Path
 
 from bcmb_jax import cli
 from bcmb_jax.errors import ConfigError, FinetuneError
+from bcmb_jax.evaluation import paper, tasks
 from bcmb_jax.evaluation.metrics import MAIN_METRIC
-from bcmb_jax.evaluation.protocol import BACKENDS, FinetuneConfig
+from bcmb_jax.evaluation.protocol import FINETUNE_BACKENDS, FinetuneConfig
 from bcmb_jax.runconfig import from_dict, help_text, parse_overrides
 
 log = logging.getLogger("evaluate")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one `error: ...` line like every other bad input, not a usage dump
-        raise ConfigError(f"{message} (see --help)")
-
-
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, FinetuneConfig, dict]:
-    ap = _Parser(
+    ap = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="protocol keys (key=value; anything else is passed to the task builder):\n"
                + help_text(FinetuneConfig))
     ap.add_argument("--model", required=True, help="JAX checkpoint directory or HF model directory")
-    ap.add_argument("--task", required=True, help="chemprot | phenotype | cos | social_history | deid | conll | "
-                                                  "csv | jsonl")
+    ap.add_argument("--task", required=True, help=" | ".join(tasks.BUILDERS))
     ap.add_argument("--data", required=True, help="the task's data directory")
-    ap.add_argument("--backend", choices=BACKENDS, default="jax", help="jax (default) or torch")
-    ap.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated seeds (default: the paper's 42-46)")
+    ap.add_argument("--backend", choices=FINETUNE_BACKENDS, default="jax", help="jax (default) or torch")
+    ap.add_argument("--seeds", default=",".join(map(str, paper.SEEDS)),
+                    help="comma-separated seeds (default: the paper's 42-46)")
     ap.add_argument("--epochs", type=int, help="training epochs (default 10)")
     ap.add_argument("--lr", type=float, help="peak learning rate (default: the paper's Table 5, else 2e-5)")
     ap.add_argument("--results-dir", default="results", help="where results go (default results/)")
+    ap.add_argument("--overwrite", action="store_true", help="run every seed again, even where a result with "
+                    "these settings is complete, and replace a complete result computed with other settings "
+                    "(the old one stays until the new one is complete)")
     ap.add_argument("overrides", nargs="*", help="key=value: protocol keys below, or task options")
     args = ap.parse_intermixed_args(argv)
     try:
@@ -95,27 +94,18 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, FinetuneConf
     return args, cfg, options
 
 
-def build_task(name: str, data_dir: str, options: dict):
-    """The task's splits; options the builder does not take are an error naming the known ones."""
-    from bcmb_jax.evaluation import tasks
-
-    accepted = tasks.task_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}: not a protocol key and not an option of task {name!r} "
-                          f"(its options: {accepted or 'none'}; see --help for protocol keys)")
-    return tasks.build_task(name, data_dir, **options)
-
-
 def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
     from bcmb_jax.evaluation import encoding, protocol, results
 
-    # 1. The task, the model's tokenizer and context, the examples, the hyper-parameters.
-    task = build_task(args.task, args.data, options)
+    # 1. The task, the model's tokenizer and context, the examples, the hyper-parameters; every output
+    #    location is checked before any work.
+    results.check_writable(args.results_dir)
+    task = tasks.build_task(args.task, args.data, **options)
     info = protocol.model_info(args.model, cfg.tokenizer)
     enc = encoding.load_encoder(info["tokenizer_dir"])
-    hp = protocol.resolve(task.name, info, enc, cfg, set(args.user_keys))
+    hp = protocol.resolve_hyperparameters(task.name, info, enc, cfg, set(args.user_keys))
     data = encoding.encode_task(task, enc, hp["max_length"], cfg.limits())
+    data.check_vocabulary(info["vocab_size"], info["tokenizer_dir"], args.model)
     lr = hp["lr"]
     log.info("%s: %s examples (train/val/test), max_length %d (%s), lr %g (%s), weight decay %g (%s)", task.name,
              "/".join(str(len(data.split(s))) for s in ("train", "val", "test")), data.max_length,
@@ -123,7 +113,25 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
     if hp["sources"]["lr"].startswith("fallback"):
         print(f"note: learning rate {hp['sources']['lr']}", file=sys.stderr)
 
+    # The result file: which seeds are still to run (none when a result with these settings is complete).
+    name = cfg.name or results.default_name(args.model)
+    header = {"task": task.name, "backend": args.backend, "model": str(Path(args.model).resolve()),
+              "name": name, "kind": task.kind, "main_metric": MAIN_METRIC[task.kind], "labels": task.labels,
+              "config": {**dataclasses.asdict(cfg), **{k: v for k, v in hp.items() if k != "sources"},
+                         "seeds": args.seeds, "task_options": options, "data": str(Path(args.data).resolve())},
+              "sources": {**hp["sources"], "seeds": "user" if tuple(args.seeds) != paper.SEEDS else "paper"},
+              "data_stats": data.stats}
+    run = results.ResultRun(args.results_dir, name, args.backend, task.name, header, args.seeds, args.overwrite)
+    if not run.todo:
+        print(f"{run.final}: already holds seeds {args.seeds} with these settings; nothing to do "
+              "(--overwrite runs them again)")
+    elif len(run.todo) < len(args.seeds):
+        log.info("%s: seeds %s already done with these settings; running %s", run.final,
+                 sorted(set(args.seeds) - set(run.todo)), run.todo)
+
     with tempfile.TemporaryDirectory(prefix="bcmb-eval-") as work:
+        if not run.todo:
+            return _summary(args, run, results.write_table(args.results_dir))
         # 2. The backend: JAX on the checkpoint, or torch on its HF export.
         t0 = time.perf_counter()
         if args.backend == "jax":
@@ -138,20 +146,11 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
 
             hf_dir = torch_backend.hf_directory(args.model, Path(work))
             backend = torch_backend.TorchBackend(hf_dir, data, cfg, enc.pad_id)
-        load_seconds = time.perf_counter() - t0
+        run.header["load_seconds"] = time.perf_counter() - t0
 
-        # 3. One fine-tuning run per seed; the results file is rewritten after each.
-        name = cfg.name or results.default_name(args.model)
-        out, pred_dir = results.result_paths(args.results_dir, name, args.backend, task.name)
-        seed_source = "user" if args.seeds != [42, 43, 44, 45, 46] else "paper"
-        header = {"task": task.name, "backend": args.backend, "model": str(Path(args.model).resolve()),
-                  "name": name, "kind": task.kind, "main_metric": MAIN_METRIC[task.kind], "labels": task.labels,
-                  "config": {**dataclasses.asdict(cfg), **{k: v for k, v in hp.items() if k != "sources"},
-                             "seeds": args.seeds, "task_options": options, "data": str(Path(args.data).resolve())},
-                  "sources": {**hp["sources"], "seeds": seed_source},
-                  "data_stats": data.stats, "load_seconds": load_seconds}
-        per_seed: dict[str, dict] = {}
-        for seed in args.seeds:
+        # 3. One fine-tuning run per seed, added to the result file as it finishes. Seeds a result with the
+        #    same settings already holds are kept; a complete result with other settings is never rewritten.
+        for seed in run.todo:
             def progress(row, seed=seed):
                 main = MAIN_METRIC[task.kind]
                 log.info("seed %d epoch %d: train loss %.4f, val %s %.4f (%.1f s)", seed, row["epoch"],
@@ -159,18 +158,20 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
 
             res = protocol.fit(backend, data, cfg, seed, lr, on_epoch=progress)
             records = res.pop("predictions")
-            predictions = {str(seed): records} if cfg.save_predictions else {}
-            per_seed[str(seed)] = res
-            obj = results.write_result(out, pred_dir, header, per_seed, predictions)
+            run.add(seed, res, records if cfg.save_predictions else None)
             log.info("seed %d: best epoch %d, test %s %.4f (%.0f s)", seed, res["best_epoch"],
                      header["main_metric"], res["test"][header["main_metric"]], res["seconds"])
 
     # 4. The summary and the table over everything in the results directory.
-    main = header["main_metric"]
-    table = results.write_table(args.results_dir)
-    print(f"{task.name} ({args.backend}, {name}): test {main} median {obj['median'][main]:.4f} "
-          f"(min {obj['min'][main]:.4f}, max {obj['max'][main]:.4f}) over seeds {args.seeds}")
-    print(f"results: {out}\ntable: {table}")
+    return _summary(args, run, results.write_table(args.results_dir))
+
+
+def _summary(args: argparse.Namespace, run, table: Path) -> int:
+    obj = run.current()
+    main = obj["main_metric"]
+    print(f"{obj['task']} ({args.backend}, {obj['name']}): test {main} median {obj['median'][main]:.4f} "
+          f"(min {obj['min'][main]:.4f}, max {obj['max'][main]:.4f}) over seeds {obj['seeds_done']}")
+    print(f"results: {run.final}\ntable: {table}")
     return 0
 
 
@@ -178,7 +179,7 @@ def stats(argv: list[str]) -> int:
     """`evaluate.py stats`: the task's Table 6 row (classes, examples, paper-counted tokens) beside the paper's."""
     from bcmb_jax.evaluation import encoding, results
 
-    ap = _Parser(prog="evaluate.py stats", description=stats.__doc__)
+    ap = cli.ArgumentParser(prog="evaluate.py stats", description=stats.__doc__)
     ap.add_argument("--task", required=True, help="a task name (see evaluate.py --help)")
     ap.add_argument("--data", required=True, help="the task's data directory")
     ap.add_argument("--tokenizer", help="tokenizer directory (default: ../shared/data/modernbert_tokenizer)")
@@ -186,7 +187,7 @@ def stats(argv: list[str]) -> int:
     ap.add_argument("options", nargs="*", help="task options, key=value")
     args = ap.parse_args(argv)
     tok = args.tokenizer or DEFAULT_STATS_TOKENIZER
-    task = build_task(args.task, args.data, parse_overrides(args.options))
+    task = tasks.build_task(args.task, args.data, **parse_overrides(args.options))
     row = table6_row(task, encoding.load_encoder(tok, prefix_space=False))
     print(results.table6({task.name: row}), end="")
     if args.json:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bcmb_jax.atomic import atomic
-from bcmb_jax.errors import ConfigError
+from bcmb_jax import cli
+from bcmb_jax.errors import ConfigError, InputError
 from bcmb_jax.evaluation import paper
 from bcmb_jax.runconfig import from_dict, help_text, load, opt
 
@@ -74,7 +74,7 @@ class ReproduceConfig:
                                                                "configs'); `demo` paths = the embedded corpus")
     tasks: dict[str, dict] = opt({}, "task name -> {data, options}: chemprot, phenotype, cos, "
                                          "social_history, deid (any evaluate.py task works)")
-    seeds: list[int] = opt([42, 43, 44, 45, 46], "fine-tuning seeds (the paper: 42-46, median reported)")
+    seeds: list[int] = opt(list(paper.SEEDS), "fine-tuning seeds (the paper: 42-46, median reported)")
     backends: list[str] = opt(["jax", "torch"], "fine-tuning backends, both on the export")
     finetune: dict[str, Any] = opt({}, "protocol keys for every task (evaluate.py key=value); empty = the "
                                        "paper's defaults")
@@ -96,13 +96,45 @@ class ReproduceConfig:
             raise ConfigError(f"`backends` must list jax and/or torch, got {self.backends}")
         self.task_specs()
 
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"`seeds` must list distinct integers, got {self.seeds}")
+        if self.heldout_docs < 1:
+            raise ConfigError(f"`heldout_docs` must be >= 1, got {self.heldout_docs}")
+
     def task_specs(self) -> dict[str, TaskSpec]:
+        """The tasks, each name and option checked against the task registry and the protocol's keys."""
+        from bcmb_jax.evaluation import tasks
+        from bcmb_jax.evaluation.protocol import FinetuneConfig
+
+        protocol_keys = set(FinetuneConfig.__dataclass_fields__)
         out = {}
         for name, spec in self.tasks.items():
             if not isinstance(spec, dict):
                 raise ConfigError(f"`tasks.{name}` must be a mapping {{data, options}}, got {spec!r}")
+            try:
+                accepted = tasks.task_options(name)
+            except ConfigError as e:
+                raise ConfigError(f"`tasks.{name}`: {e}") from None
             out[name] = from_dict(TaskSpec, spec, prefix=f"tasks.{name}.")
+            unknown = sorted(set(out[name].options) - protocol_keys - set(accepted))
+            if unknown:
+                raise ConfigError(f"`tasks.{name}.options`: unknown key(s) {unknown}; expected task options "
+                                  f"{accepted or 'none'} or protocol keys (evaluate.py --help)")
+        unknown = sorted(set(self.finetune) - protocol_keys)
+        if unknown:
+            raise ConfigError(f"`finetune`: unknown protocol key(s) {unknown} (evaluate.py --help lists them)")
         return out
+
+    def phase_configs(self) -> None:
+        """Loads both phases' train.py configs with their overrides, so a bad key fails now, not hours later."""
+        from bcmb_jax.training.config import TrainConfig
+
+        for which in ("phase1", "phase2"):
+            spec: PhaseConfig = getattr(self, which)
+            try:
+                load(TrainConfig, phase_config_path(spec, self.size), overrides(spec.overrides))
+            except ConfigError as e:
+                raise ConfigError(f"`{which}`: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +166,10 @@ class Stages:
         write_text(self.path, json.dumps(self.timings, indent=1) + "\n")
 
 
+class StageFailed(InputError):
+    """A stage's command failed; its log says why (and rerunning continues from that stage)."""
+
+
 def command(*args: Any, log_file: Path | None = None) -> None:
     """Runs `python ARGS` in the repository root; its output goes to `log_file` (and a failure is an error)."""
     argv = [sys.executable, str(ROOT / args[0]), *map(str, args[1:])]
@@ -147,7 +183,7 @@ def command(*args: Any, log_file: Path | None = None) -> None:
             rc = subprocess.run(argv, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         where = f"; see {log_file}" if log_file else ""
-        raise RuntimeError(f"`{' '.join(map(str, args[:2]))} ...` exited with status {rc}{where}")
+        raise StageFailed(f"`{' '.join(map(str, args[:2]))} ...` exited with status {rc}{where}")
 
 
 def overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
@@ -176,29 +212,15 @@ def demo_tokenizer(out: Path) -> tuple[Path, Path]:
     return demo_corpus.ensure(out / "data")
 
 
-def random_hf_model(tokenizer_dir: Path, keys: dict[str, Any], out: Path) -> None:
-    """A random HF ModernBertForMaskedLM of `keys`, its vocabulary and special ids from the tokenizer."""
-    import torch
-    import transformers as tf
-
-    tok = tf.AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = tf.ModernBertConfig(**{"classifier_pooling": "mean", **keys, "vocab_size": len(tok),
-                                 "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
-                                 "sep_token_id": tok.sep_token_id, "bos_token_id": tok.cls_token_id,
-                                 "eos_token_id": tok.sep_token_id})
-    torch.manual_seed(0)
-    with atomic(out, overwrite=True) as tmp:  # an incomplete leftover is replaced
-        tf.ModernBertForMaskedLM(cfg).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-
-
 def convert(cfg: ReproduceConfig, out: Path, tokenizer: Path | None) -> None:
     logs = out / "logs" / "convert.log"
     src = cfg.init
     if src is None:
         src = out / "init_hf"
         if not hf_complete(src):
-            random_hf_model(tokenizer, cfg.random_init, src)
+            from bcmb_jax.weights import hf_files
+
+            hf_files.write_random_model(tokenizer, cfg.random_init, src)
     extra = ["--optimizer-state"] if cfg.optimizer_state and str(src).endswith(".pt") else []
     if tokenizer is not None and str(src).endswith(".pt"):
         extra += ["--tokenizer", tokenizer]
@@ -213,16 +235,22 @@ def phase(cfg: ReproduceConfig, which: str, out: Path, init: Path, tokenizer: Pa
     if sources is not None:
         args.append(f"data.sources={json.dumps(sources)}")
     args += overrides(spec.overrides)
-    config = Path(spec.config.format(size=cfg.size))
+    command("train.py", "--config", phase_config_path(spec, cfg.size), *args, log_file=out / "logs" / f"{which}.log")
+
+
+def phase_config_path(spec: PhaseConfig, size: str) -> Path:
+    config = Path(spec.config.format(size=size))
     if not config.is_file() and (ROOT / config).is_file():
         config = ROOT / config  # the repository's configs/
-    command("train.py", "--config", config, *args, log_file=out / "logs" / f"{which}.log")
+    return config
 
 
 def result_complete(path: Path, seeds: list[int]) -> bool:
+    """Whether a result file is complete and holds every seed asked (evaluate.py reruns only missing seeds)."""
     try:
-        return sorted(json.loads(path.read_text())["seeds"]) == sorted(str(s) for s in seeds)
-    except (OSError, ValueError, KeyError):
+        obj = json.loads(path.read_text())
+        return bool(obj["complete"]) and {str(s) for s in seeds} <= set(obj["seeds"])
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -273,8 +301,8 @@ def throughput(cfg: ReproduceConfig, out: Path, export: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> tuple[ReproduceConfig, argparse.Namespace]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="config keys (YAML, or key=value overrides):\n" + help_text(ReproduceConfig))
+    ap = cli.ArgumentParser(description=__doc__,
+                            epilog="config keys (YAML, or key=value overrides):\n" + help_text(ReproduceConfig))
     ap.add_argument("--config", help="YAML config (default: configs/reproduce.yaml, or reproduce_tiny.yaml)")
     ap.add_argument("--scale", choices=sorted(SCALES), default="paper", help="paper (default) or tiny")
     ap.add_argument("--size", choices=("base", "large"), help="model size (overrides `size`)")
@@ -290,17 +318,17 @@ def parse_args(argv: list[str] | None) -> tuple[ReproduceConfig, argparse.Namesp
     return cfg, args
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        cfg, _ = parse_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, _ = parse_args(argv)
     from bcmb_jax.evaluation import report
+    from bcmb_jax.evaluation.results import check_writable
 
+    # Every stage's settings and the output location, before the first expensive step.
+    cfg.phase_configs()
     out = Path(cfg.out_dir.format(size=cfg.size)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     stages = Stages(out)
     t_start = time.perf_counter()
     tokenizer = Path(cfg.tokenizer) if cfg.tokenizer and cfg.tokenizer != "demo" else None
@@ -311,37 +339,33 @@ def main(argv: list[str] | None = None) -> int:
         sources = [{**s, "paths": [str(corpus) if p == "demo" else p for p in s.get("paths", [])]}
                    for s in sources or []] or None
     if cfg.init is None and tokenizer is None:
-        print("error: `init` is null (random init) but no `tokenizer` is set", file=sys.stderr)
-        return 2
+        raise ConfigError("`init` is null (random init) but no `tokenizer` is set; expected a tokenizer directory "
+                          "or `demo`")
     init, phase1, phase2 = out / "init", out / "phase1", out / "phase2"
     export = phase2 / "hf"
     skip = set(cfg.skip)
     jobs, notes = finetune_jobs(cfg, out)
-    try:
-        stages.run("convert", "convert" in skip or (init / "config.json").is_file(),
-                   lambda: convert(cfg, out, tokenizer))
-        stages.run("phase1", "phase1" in skip or hf_complete(phase1 / "hf"),
-                   lambda: phase(cfg, "phase1", out, init, init, sources))
-        stages.run("phase2", "phase2" in skip or hf_complete(export),
-                   lambda: phase(cfg, "phase2", out, phase1, init, sources))
-        stages.run("export", "export" in skip or hf_complete(export),
-                   lambda: command("convert_weights.py", "to-hf", phase2, export, "--overwrite",
-                                   log_file=out / "logs" / "export.log"))
-        from bcmb_jax.evaluation.results import result_paths, write_table
+    stages.run("convert", "convert" in skip or (init / "config.json").is_file(),
+               lambda: convert(cfg, out, tokenizer))
+    stages.run("phase1", "phase1" in skip or hf_complete(phase1 / "hf"),
+               lambda: phase(cfg, "phase1", out, init, init, sources))
+    stages.run("phase2", "phase2" in skip or hf_complete(export),
+               lambda: phase(cfg, "phase2", out, phase1, init, sources))
+    stages.run("export", "export" in skip or hf_complete(export),
+               lambda: command("convert_weights.py", "to-hf", phase2, export, "--overwrite",
+                               log_file=out / "logs" / "export.log"))
+    from bcmb_jax.evaluation.results import result_paths, write_table
 
-        done = all(result_complete(result_paths(out / "results", "phase2", b, t)[0], cfg.seeds) for t, b, _ in jobs)
-        stages.run("finetune", "finetune" in skip or done, lambda: finetune(cfg, out, export, jobs))
-        stages.run("table2", "table2" in skip, lambda: write_table(out / "results"))
-        stages.run("throughput", "throughput" in skip or (out / "throughput" / "results.json").is_file(),
-                   lambda: throughput(cfg, out, export))
-        stages.run("report", False, lambda: report.write_report(
-            out, cfg.size, paper_row(cfg), stages.timings, notes, cfg.heldout, cfg.heldout_docs))
-    except (RuntimeError, ValueError, OSError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+    done = all(result_complete(result_paths(out / "results", "phase2", b, t)[0], cfg.seeds) for t, b, _ in jobs)
+    stages.run("finetune", "finetune" in skip or done, lambda: finetune(cfg, out, export, jobs))
+    stages.run("table2", "table2" in skip, lambda: write_table(out / "results"))
+    stages.run("throughput", "throughput" in skip or (out / "throughput" / "results.json").is_file(),
+               lambda: throughput(cfg, out, export))
+    stages.run("report", False, lambda: report.write_report(
+        out, cfg.size, paper_row(cfg), stages.timings, notes, cfg.heldout, cfg.heldout_docs))
     print(f"report: {out / 'report' / 'report.md'} ({time.perf_counter() - t_start:.0f} s)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

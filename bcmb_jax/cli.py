@@ -3,14 +3,15 @@
 `@command` wraps a command's `main(argv)`:
 
 - bad input becomes one line `error: <file, key or line>: <what was wrong, what was expected>` on
-  stderr and exit status 2. Bad input is any `ValueError` subclass of this package (ConfigError,
-  DataError, WeightsError, ConversionError, FinetuneError, TaskDataError, ...) and the library
+  stderr and exit status 2. Bad input is an `errors.InputError` (ConfigError, DataError,
+  WeightsError, ConversionError, FinetuneError, TaskDataError) and the library
   errors that mean a file is missing or damaged: OSError (missing file, directory, permissions),
   YAML and JSON syntax errors, undecodable text, safetensors and refused-pickle errors, and errors
   raised inside orbax/tensorstore while reading a checkpoint. Messages that do not name a file get
   the file the failing code was reading, found in the traceback.
-- Ctrl-C (SIGINT) prints one line and exits 130; writers remove their temporary output on the way
-  out (`atomic.atomic`). Training installs its own handler, which saves a checkpoint.
+- Ctrl-C (SIGINT) or SIGTERM prints one line and exits 128 + the signal (130, 143); writers remove their
+  temporary output on the way out (`atomic.atomic`). Training installs its own handlers once it trains:
+  they save a checkpoint and the run exits with `RESUMABLE_STATUS`.
 - anything else is a bug and keeps its traceback.
 - `--debug` anywhere on the command line, or the environment variable BCMB_DEBUG=1, prints the full
   traceback before the error line as well.
@@ -18,11 +19,11 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import gc
 import io
 import os
-import re
 import signal
 import sys
 import threading
@@ -31,9 +32,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from bcmb_jax.errors import ConfigError, InputError
+
 DEBUG_ENV = "BCMB_DEBUG"
 DEBUG_FLAG = "--debug"
-INPUT_STATUS, INTERRUPT_STATUS = 2, 130
+# Exit statuses of every command (the README's "Exit statuses" lists them):
+INPUT_STATUS = 2  # bad input: one `error:` line
+NONFINITE_STATUS = 3  # train.py stopped on a non-finite loss or weight (the last checkpoint is kept)
+RESUMABLE_STATUS = 75  # train.py was stopped by a signal and saved a checkpoint: rerun it to continue
+INTERRUPT_STATUS = 130  # SIGINT before there was anything to save (128 + the signal; SIGTERM: 143)
 
 # Library exception types (module-qualified names, matched over the MRO) that mean bad input.
 _LIBRARY_INPUT = {
@@ -45,6 +52,55 @@ _LIBRARY_INPUT = {
 _READER_MODULES = ("orbax.", "tensorstore")
 _READER_TYPES = ("builtins.ValueError", "builtins.KeyError", "builtins.RuntimeError", "builtins.TypeError")
 _PATH_NAMES = ("path", "file", "filename", "src", "source", "directory", "directory_path", "step_dir", "self", "f")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every command: a bad argument is one `error:` line and status 2, not a usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def count(low: int = 1):
+    """An argparse type: an integer >= `low` (counts, sizes and repeats are never negative or zero)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return value
+
+
+def counts(flag: str, text: str, low: int = 1) -> list[int]:
+    """A comma-separated list of integers >= `low` (e.g. `--lengths 512,2048`); '' is the empty list."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
+    bad = [v for v in values if v < low]
+    if bad:
+        raise ConfigError(f"{flag} {text!r}: expected integers >= {low}, got {bad[0]}")
+    return values
 
 
 def debug_requested(argv: list[str] | None = None) -> bool:
@@ -111,22 +167,12 @@ def _decode_message(exc: UnicodeDecodeError) -> str:
             "expected UTF-8 (re-encode the file)")
 
 
-def refusal(torch_message: str) -> str:
-    """Why a `weights_only` load was refused: the globals the pickle asked for, not torch's advice to turn
-    the check off."""
-    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", torch_message)))
-    what = f"it asks for {', '.join(found)}" if found else "it asks for objects"
-    return (f"refused to unpickle: {what}, outside the safe allow-list (tensors and plain containers); "
-            "nothing in it was executed")
-
-
-def describe(exc: BaseException) -> str | None:
+def error_line(exc: BaseException) -> str | None:
     """The one-line message for a bad-input exception, or None when `exc` is a bug."""
     names = _qualnames(exc)
     frames = _frames(exc.__traceback__)
-    if isinstance(exc, ValueError) and (type(exc).__module__.startswith("bcmb_jax") or (
-            type(exc) is ValueError and frames and frames[0][0].startswith("bcmb_jax."))):
-        return _one_line(exc)  # the package's own errors, and plain ValueErrors it raises itself
+    if isinstance(exc, InputError):
+        return _one_line(exc)  # the package's input errors; any other exception raised inside it is a bug
     if "json.decoder.JSONDecodeError" in names:
         p = culprit(exc)
         return f"{p or 'input'}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
@@ -142,8 +188,6 @@ def describe(exc: BaseException) -> str | None:
         what = exc.strerror or _one_line(exc)
         other = f" -> {exc.filename2}" if exc.filename2 else ""
         return f"{exc.filename}{other}: {what}"
-    if "pickle.UnpicklingError" in names or "_pickle.UnpicklingError" in names:
-        return _where(exc, refusal(str(exc)))
     if names & _LIBRARY_INPUT:
         return _where(exc, _one_line(exc) or type(exc).__name__)
     if names & set(_READER_TYPES) and frames and any(m.startswith(_READER_MODULES) for m, _ in frames[:8]):
@@ -154,7 +198,7 @@ def describe(exc: BaseException) -> str | None:
     return None
 
 
-def report(exc: BaseException, debug: bool = False, file=None) -> int | None:
+def print_error(exc: BaseException, debug: bool = False, file=None) -> int | None:
     """Prints the error line for a bad-input exception or an interrupt; returns the exit status, None for a bug."""
     file = file or sys.stderr
     if "subprocess.CalledProcessError" in _qualnames(exc) and exc.returncode in (INPUT_STATUS, INTERRUPT_STATUS):
@@ -162,9 +206,10 @@ def report(exc: BaseException, debug: bool = False, file=None) -> int | None:
     if isinstance(exc, KeyboardInterrupt):
         if debug:
             traceback.print_exception(exc, file=file)
-        print("error: interrupted (SIGINT / Ctrl-C); partial output was removed", file=file, flush=True)
-        return INTERRUPT_STATUS
-    message = describe(exc)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"error: interrupted ({_signal_name(signum)}); partial output was removed", file=file, flush=True)
+        return 128 + signum
+    message = error_line(exc)
     if message is None:
         return None
     if debug:
@@ -174,6 +219,18 @@ def report(exc: BaseException, debug: bool = False, file=None) -> int | None:
 
 
 _interrupted = threading.Event()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside training: unwinds like Ctrl-C, so writers remove their temporary output."""
+
+    def __init__(self, signum: int):
+        super().__init__(_signal_name(signum))
+        self.signum = signum
+
+
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name + (" / Ctrl-C" if signum == signal.SIGINT else "")
 
 
 def _in_callback(frame) -> bool:
@@ -186,13 +243,31 @@ def _in_callback(frame) -> bool:
     return False
 
 
-def _on_sigint(signum, frame) -> None:
-    """Ctrl-C: KeyboardInterrupt, so writers clean up on the way out; re-sent shortly if it lands in a callback."""
+def _on_signal(signum, frame) -> None:
+    """SIGINT / SIGTERM: `Interrupted`, so writers clean up on the way out; re-sent if it lands in a callback."""
     _interrupted.set()
     if _in_callback(frame):
         threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
         return
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+# Third-party chatter a command's user did not ask for: transformers' load reports and warnings, the hub's
+# and transformers' progress bars. `--debug` (or the variables set beforehand) keeps them. Child processes
+# (reproduce.py's stages, bench cases) inherit the settings.
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def quiet_libraries() -> None:
+    """Silences transformers and huggingface_hub below errors (unless the environment already says otherwise)."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    if "transformers" in sys.modules and os.environ["TRANSFORMERS_VERBOSITY"] == "error":  # read at import
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _quiet_closed_loop(hook=sys.unraisablehook):
@@ -204,7 +279,7 @@ def _quiet_closed_loop(hook=sys.unraisablehook):
 
 
 def command(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Decorates `main(argv)`: returns its status, 2 for bad input, 130 for Ctrl-C; re-raises bugs.
+    """Decorates `main(argv)`: returns its status, 2 for bad input, 128 + n for signal n; re-raises bugs.
 
     `--debug` is taken out of argv before `main` sees it.
     """
@@ -212,15 +287,16 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
     def wrapped(argv: list[str] | None = None) -> int:
         given = list(sys.argv[1:] if argv is None else argv)
         debug = debug_requested(given)
+        if not debug:
+            quiet_libraries()
         try:
             status = main([a for a in given if a != DEBUG_FLAG])
         except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - sorted into input errors and bugs
-            status = report(e, debug)
+            status = print_error(e, debug)
             if status is None:
                 raise
-        if _interrupted.is_set() and status != INTERRUPT_STATUS:  # Ctrl-C came too late to stop the work
-            print("error: interrupted (SIGINT / Ctrl-C) as the command finished; its output is complete",
-                  file=sys.stderr, flush=True)
+        if _interrupted.is_set() and (status or 0) < 128:  # the signal came too late to stop the work
+            print("error: interrupted as the command finished; its output is complete", file=sys.stderr, flush=True)
             return INTERRUPT_STATUS
         return 0 if status is None else int(status)
 
@@ -230,13 +306,16 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
 def run(main: Callable[..., int]) -> None:
     """The `if __name__ == "__main__":` line of a command: runs the decorated `main` and exits with its status."""
     sys.unraisablehook = _quiet_closed_loop()
-    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     status = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    if status == INTERRUPT_STATUS:
+    if status > 128:
         os._exit(status)  # background writer threads must not keep an interrupted process alive
     sys.exit(status)
 
 
-__all__ = ["command", "run", "describe", "report", "culprit", "refusal", "debug_requested", "DEBUG_ENV"]
+__all__ = ["command", "run", "Interrupted", "ArgumentParser", "count", "counts", "seconds", "error_line", "print_error",
+           "culprit", "debug_requested", "DEBUG_ENV", "INPUT_STATUS", "NONFINITE_STATUS", "RESUMABLE_STATUS",
+           "INTERRUPT_STATUS"]

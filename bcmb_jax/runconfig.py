@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import field
@@ -118,6 +119,8 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
     d: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: a directory; expected a YAML config file (configs/*.yaml)")
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
@@ -132,21 +135,32 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
             raise ConfigError(f"{path}: expected a mapping at the top level")
         if section is not None:
             d = d.get(section) or {}
-    d = merge(d, parse_overrides(overrides or []))
+    given = parse_overrides(overrides or [])
     try:
-        return from_dict(cls, d)
+        return from_dict(cls, merge(d, given))
     except ConfigError as e:
-        raise ConfigError(f"{path or 'config'}: {e}") from None
+        raise ConfigError(f"{_blame(str(e), overrides or [], path, section)}: {e}") from None
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+def _blame(message: str, overrides: list[str], path: Path | None, section: str | None = None) -> str:
+    """Where a bad value came from: the command-line override the message names, else the config file."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        names = [key] + ([f"{section}.{key}"] if section else [])
+        if key and (any(re.search(rf"(?<![\w.]){re.escape(n)}(?![\w])", message) for n in names)
+                    or f"`{key.rsplit('.', 1)[-1]}`" in message):
+            return f"command line ({item})"
+    return str(path) if path is not None else "command line"
+
+
+def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every leaf field of dataclass `cls`, depth first."""
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows += describe(tp, prefix + f.name + ".")
+            rows += config_keys(tp, prefix + f.name + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
@@ -155,6 +169,6 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
 
 
 def help_text(cls: type) -> str:
-    rows = describe(cls)
+    rows = config_keys(cls)
     width = max(len(k) for k, _, _ in rows)
     return "\n".join(f"  {k:<{width}}  {h} [default: {d}]" for k, d, h in rows)

@@ -16,7 +16,6 @@ Writes gpu_<device>.md and gpu_<device>.json to --out.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -150,7 +149,7 @@ def write_report(out: Path, stages: list[dict], tests: dict, results: dict, prot
 
 @cli.command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--budget", type=float, default=480, help="seconds for the whole run (stages share it)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the same stages on CPU at tiny sizes (CI)")
     ap.add_argument("--out", help="where gpu_<device>.md goes (default: bench/results; "

@@ -48,10 +48,11 @@ def train(job: dict, make_batch, rows: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from bcmb_jax.modeling.state import split_model
     from bcmb_jax.training import config, mlm_step, optim
 
     model = load(job, "mlm", remat=bool(job.get("remat")))
-    graphdef, params, rest = mlm_step.split_model(model)
+    graphdef, params, rest = split_model(model, training=True)
     del model
     T = job["length"]
     cap = mlm_step.masked_cap(T, MASK_RATE, config.TrainConfig.masked_cap_sigmas)

@@ -8,7 +8,6 @@ per backend and shape and the JAX/torch ratio (the table of `throughput.py`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from bench import throughput  # noqa: E402
 def argv_for(shapes: str, repeats: int, size: str, out: str) -> list[str]:
     """The `throughput.py` arguments of the preset."""
     pairs = [tuple(int(x) for x in s.split("x")) for s in shapes.split(",") if s]
+    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+        raise ValueError(shapes)
     lengths, samples = [str(L) for _, L in pairs], [str(R) for R, _ in pairs]
     batch = max(R * L for R, L in pairs)
     return ["--size", size, "--sets", "fixed", "--lengths", ",".join(lengths), "--samples", ",".join(samples),
@@ -30,16 +31,16 @@ def argv_for(shapes: str, repeats: int, size: str, out: str) -> list[str]:
 
 @cli.command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--shapes", default="8x512,1x8192", help="rows x length pairs, comma separated")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=cli.count(), default=3)
     ap.add_argument("--size", default="base", choices=sorted(throughput.SIZES))
     ap.add_argument("--out", default=str(throughput.ROOT / "bench" / "out" / "quick"))
     args = ap.parse_args(argv)
     try:
         preset = argv_for(args.shapes, args.repeats, args.size, args.out)
     except ValueError:
-        ap.error(f"--shapes takes RxL pairs such as 8x512,1x8192, got {args.shapes!r}")
+        ap.error(f"--shapes takes ROWSxLENGTH pairs of positive integers such as 8x512,1x8192, got {args.shapes!r}")
     return throughput.main(preset)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BACKENDS = ("jax", "torch-sdpa", "torch-eager", "torch-compile", "torch-fa2")
+BENCH_BACKENDS = ("jax", "torch-sdpa", "torch-eager", "torch-compile", "torch-fa2")
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -21,7 +21,7 @@ def _fmt(x, f: str) -> str:
 
 def table(results: list[dict]) -> list[str]:
     """Markdown table lines: one row per set, columns per backend."""
-    backends = [b for b in BACKENDS if any(r["backend"] == b for r in results)]
+    backends = [b for b in BENCH_BACKENDS if any(r["backend"] == b for r in results)]
     torch_b = [b for b in backends if b != "jax"]
     sets = list(dict.fromkeys(r["set"] for r in results))
     get = {(r["set"], r["backend"]): r for r in results}
@@ -77,7 +77,7 @@ def plots(results: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     ok = [r for r in results if r.get("tokens_per_s")]
-    backends = [b for b in BACKENDS if any(r["backend"] == b for r in ok)]
+    backends = [b for b in BENCH_BACKENDS if any(r["backend"] == b for r in ok)]
     sets = list(dict.fromkeys(r["set"] for r in ok))
     get = {(r["set"], r["backend"]): r["tokens_per_s"] for r in ok}
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(sets) * max(1, len(backends)) / 2), 4))

@@ -47,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bcmb_jax import cli  # noqa: E402 - the checkout's package, via the line above
 from bcmb_jax.errors import ConfigError  # noqa: E402
 from bench import report, runner  # noqa: E402
-from bench.report import BACKENDS  # noqa: E402
+from bench.report import BENCH_BACKENDS  # noqa: E402
 
 SIZES = {  # transformers ModernBertConfig overrides; base/large are the released shapes
     "mini": dict(hidden_size=256, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
@@ -57,33 +57,34 @@ SIZES = {  # transformers ModernBertConfig overrides; base/large are the release
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--model", help="a Hugging Face model directory (any encoder for the torch backends; "
                                     "ModernBERT for jax); default: random weights of --size")
     ap.add_argument("--size", default="base", choices=sorted(SIZES))
     ap.add_argument("--samples", default="8,2", help="documents per set (paper: 4096); one number, or one per length")
     ap.add_argument("--lengths", default="512,2048", help="comma-separated L; sets fixed_L and variable_L")
     ap.add_argument("--sets", default="fixed,variable", help="which of fixed,variable to run")
-    ap.add_argument("--backends", default="jax,torch-sdpa", help=f"comma-separated, of {','.join(BACKENDS)}")
+    ap.add_argument("--backends", default="jax,torch-sdpa", help=f"comma-separated, of {','.join(BENCH_BACKENDS)}")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward call (rows = this // L)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes (the median is reported)")
+    ap.add_argument("--batch-tokens", type=cli.count(), default=16384,
+                    help="tokens per forward call (rows = this // L)")
+    ap.add_argument("--repeats", type=cli.count(), default=3, help="timed passes (the median is reported)")
     ap.add_argument("--train-lengths", default="512", help="MLM training lengths; '' to skip training")
     ap.add_argument("--train-backends", default="jax,torch-sdpa")
-    ap.add_argument("--train-batch-tokens", type=int, default=2048,
+    ap.add_argument("--train-batch-tokens", type=cli.count(0), default=2048,
                     help="tokens per training step; 0: as many rows as fit in memory (at most --train-max-rows)")
-    ap.add_argument("--train-max-rows", type=int, default=256,
+    ap.add_argument("--train-max-rows", type=cli.count(), default=256,
                     help="bound of the rows found with --train-batch-tokens 0")
-    ap.add_argument("--train-steps", type=int, default=3, help="timed steps (after --train-warmup)")
-    ap.add_argument("--train-warmup", type=int, default=2, help="untimed steps (the first compiles)")
+    ap.add_argument("--train-steps", type=cli.count(), default=3, help="timed steps (after --train-warmup)")
+    ap.add_argument("--train-warmup", type=cli.count(0), default=2, help="untimed steps (the first compiles)")
     ap.add_argument("--remat", action="store_true",
                     help="training recomputes each layer in the backward pass (JAX remat=True, torch gradient "
                          "checkpointing): less memory, about a third more compute")
     ap.add_argument("--memory-lengths", default="",
                     help="lengths L of a 1 x L forward+backward case (loss and gradients, no optimizer) with "
                          "per-layer recomputation in both frameworks: the memory figure for long documents")
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per case before it is abandoned")
+    ap.add_argument("--threads", type=cli.count(0), default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--timeout", type=cli.seconds, default=None, help="seconds per case before it is abandoned")
     ap.add_argument("--in-process", action="store_true",
                     help="run every case in this process (faster start; memory peaks are then less isolated)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
@@ -91,24 +92,17 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def ints(flag: str, text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
-
-
 def check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Rejects unknown backends and sets, and --samples that match no --lengths (argparse error, exit 2)."""
     for b in args.backends.split(",") + args.train_backends.split(","):
-        if b and b not in BACKENDS:
-            ap.error(f"unknown backend {b!r}; expected one of {', '.join(BACKENDS)}")
+        if b and b not in BENCH_BACKENDS:
+            ap.error(f"unknown backend {b!r}; expected one of {', '.join(BENCH_BACKENDS)}")
     if any(k not in ("fixed", "variable") for k in args.sets.split(",") if k):
         ap.error(f"--sets takes fixed and/or variable, got {args.sets!r}")
-    lengths = ints("--lengths", args.lengths)
-    if len(ints("--samples", args.samples)) not in (1, len(lengths)):
+    lengths = cli.counts("--lengths", args.lengths)
+    if len(cli.counts("--samples", args.samples)) not in (1, len(lengths)):
         ap.error(f"--samples takes one number or one per length ({len(lengths)}), got {args.samples!r}")
-    ints("--train-lengths", args.train_lengths), ints("--memory-lengths", args.memory_lengths)
+    cli.counts("--train-lengths", args.train_lengths), cli.counts("--memory-lengths", args.memory_lengths)
 
 
 def prepare_model(args, tmp: Path) -> tuple[Path, dict[str, Any]]:
@@ -150,8 +144,8 @@ def make_jobs(args, model_dir: Path, cfg: dict) -> tuple[list[dict], str]:
         backends = [b for b in backends if b != "jax"]
         train_backends = [b for b in train_backends if b != "jax"]
     kinds = [k for k in args.sets.split(",") if k]
-    lengths, train_lengths = ints("--lengths", args.lengths), ints("--train-lengths", args.train_lengths)
-    memory_lengths, samples = ints("--memory-lengths", args.memory_lengths), ints("--samples", args.samples)
+    lengths, train_lengths = cli.counts("--lengths", args.lengths), cli.counts("--train-lengths", args.train_lengths)
+    memory_lengths, samples = cli.counts("--memory-lengths", args.memory_lengths), cli.counts("--samples", args.samples)
     samples_of = dict(zip(lengths, samples * len(lengths) if len(samples) == 1 else samples))
     too_long = [L for L in lengths + train_lengths + memory_lengths if L > cfg["max_len"]]
     if too_long:

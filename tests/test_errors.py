@@ -25,7 +25,9 @@ TINY_MODEL = dict(vocab_size=512, hidden_size=32, intermediate_size=48, num_hidd
                   local_attention=16, max_position_embeddings=256, pad_token_id=3, cls_token_id=1, sep_token_id=2,
                   bos_token_id=1, eos_token_id=2, mask_token_id=4)
 COMMANDS = {"train": ["train.py"], "convert": ["convert_weights.py"], "evaluate": ["evaluate.py"],
-            "demo": ["demo.py"], "bench": ["bench/throughput.py"], "data": ["-m", "bcmb_jax.data"]}
+            "demo": ["demo.py"], "bench": ["bench/throughput.py"], "data": ["-m", "bcmb_jax.data"],
+            "quick": ["bench/quick.py"], "reproduce": ["reproduce.py"],
+            "demo_corpus": ["-m", "bcmb_jax.data.demo_corpus"]}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "JAX_PLATFORMS": "cpu",
        "PYTHONPATH": str(ROOT)}
 ENV.pop("BCMB_DEBUG", None)
@@ -155,6 +157,32 @@ def non_utf8_conll(d: Path, fx) -> list[str]:
             "--results-dir", str(d / "results")]
 
 
+def big_tokenizer(d: Path, fx) -> Path:
+    """A tokenizer of 1,024 ids, more than the fixture model's 512."""
+    from bcmb_jax.data import demo_corpus
+
+    return demo_corpus.build_tokenizer([fx.corpus / "notes.jsonl"], d / "bigtok", vocab_size=1024) and d / "bigtok"
+
+
+def binary_files(d: Path, fx) -> list[str]:
+    (d / "bin").mkdir()
+    for i in range(3):
+        (d / "bin" / f"part{i}.dat").write_bytes(bytes(range(256)) * 8)
+    return train_case(d, fx, data={"sources": [{"name": "notes", "paths": [str(d / "bin")]}]})
+
+
+def utf16_without_bom(d: Path, fx) -> list[str]:
+    (d / "notes.txt").write_bytes("Patient denies chest pain.\nNo fever.\n".encode("utf-16-le"))
+    return train_case(d, fx, data={"sources": [{"name": "notes", "paths": [str(d / "notes.txt")],
+                                                "format": "lines"}]})
+
+
+def tokenizer_without_json(d: Path, fx) -> list[str]:
+    (d / "tok").mkdir()
+    (d / "tok" / "vocab.json").write_text('{"a": 0}')
+    return ["to-jax", str(fx.hf), str(d / "out"), "--tokenizer", str(d / "tok")]
+
+
 @dataclass
 class Case:
     id: str
@@ -227,6 +255,61 @@ CASES = [
         "stats", "--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "r"))), f"tokenizer={d / 'tok'}"],
         ("tokenizer not found", "{d}/tok")),
     Case("data-stats-invalid-yaml", "data", lambda d, fx: ["stats", *bad_yaml(d, fx)], ("{d}/bad.yaml",)),
+    # Accepted in silence before: each gave rc 0 with a wrong or useless result.
+    Case("evaluate-tokenizer-beyond-the-vocabulary", "evaluate", lambda d, fx: [
+        "--model", str(fx.jax), "--task", "conll", "--data", str(conll_dir(d)), "--results-dir", str(d / "r"),
+        "--seeds", "1", "--epochs", "1", f"tokenizer={big_tokenizer(d, fx)}"],
+        ("{d}/bigtok", "vocab_size 512", "token id")),
+    Case("train-mlm-probability-zero", "train", lambda d, fx: train_case(d, fx, data={"mlm_probability": 0}),
+         ("data.mlm_probability", "(0, 1]")),
+    Case("train-directory-of-binary-files", "train", binary_files, ("{d}/bin/part0.dat", "not UTF-8 text",
+                                                                    "binary")),
+    Case("train-utf16-without-bom", "train", utf16_without_bom, ("{d}/notes.txt", "UTF-16 without a byte-order mark")),
+    Case("to-jax-tokenizer-without-tokenizer-json", "convert", tokenizer_without_json,
+         ("{d}/tok", "no tokenizer.json")),
+    Case("data-stats-max-batches-negative", "data", lambda d, fx: [
+        "stats", "--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "r"))), "max_batches=-1"],
+        ("max_batches", ">= 1", "-1")),
+    Case("data-stats-batch-size-zero", "data", lambda d, fx: [
+        "stats", "--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "r"))), "batch_size=0"],
+        ("batch_size", ">= 1")),
+    Case("bench-samples-zero", "bench", lambda d, fx: ["--samples", "0", "--out", str(d / "out")],
+         ("--samples", ">= 1")),
+    Case("bench-repeats-zero", "bench", lambda d, fx: ["--repeats", "0", "--out", str(d / "out")],
+         ("--repeats", ">= 1")),
+    Case("bench-lengths-negative", "bench", lambda d, fx: ["--lengths", "-5", "--out", str(d / "out")],
+         ("--lengths", ">= 1")),
+    Case("quick-shapes-zero-rows", "quick", lambda d, fx: ["--shapes", "0x128", "--out", str(d / "out")],
+         ("--shapes", "0x128")),
+    Case("demo-corpus-docs-zero", "demo_corpus", lambda d, fx: [str(d / "out"), "--docs", "0"], ("--docs", ">= 1")),
+    # Checks before work: output locations and every stage's settings.
+    Case("train-run-dir-is-a-file", "train", lambda d, fx: (
+        (d / "file").write_text("x"), ["--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "file")))])[1],
+        ("{d}/file", "is a file")),
+    Case("evaluate-results-dir-is-a-file", "evaluate", lambda d, fx: (
+        (d / "file").write_text("x"), ["--model", str(fx.jax), "--task", "conll", "--data", str(conll_dir(d)),
+                                       "--results-dir", str(d / "file")])[1], ("--results-dir", "is a file")),
+    Case("reproduce-task-name-typo", "reproduce", lambda d, fx: [
+        "--scale", "tiny", "--out", str(d / "out"), "tasks={cso: {data: /nowhere}}"],
+        ("tasks.cso", "unknown task 'cso'")),
+    Case("reproduce-phase-override-typo", "reproduce", lambda d, fx: [
+        "--scale", "tiny", "--out", str(d / "out"), "phase1.overrides={max_stepz: 3}"],
+        ("phase1", "max_stepz")),
+    # Errors name what the user typed.
+    Case("train-override-named-as-typed", "train", lambda d, fx: [*train_case(d, fx), "global_batch=0"],
+         ("command line (global_batch=0)", "`global_batch` must be >= 1")),
+    Case("to-jax-missing-pt", "convert", lambda d, fx: ["to-jax", str(d / "ep0.pt"), str(d / "out"),
+                                                        "--optimizer-state"], ("{d}/ep0.pt", "no such file")),
+    Case("train-config-is-a-directory", "train", lambda d, fx: ["--config", str(d)], ("{d}", "a directory")),
+    Case("evaluate-model-is-a-file", "evaluate", lambda d, fx: (
+        (d / "model.bin").write_text("x"), ["--model", str(d / "model.bin"), "--task", "conll", "--data",
+                                            str(conll_dir(d)), "--results-dir", str(d / "r")])[1],
+        ("--model {d}/model.bin", "a file")),
+    Case("data-command-typo", "data", lambda d, fx: ["statz"], ("unknown command 'statz'", "stats")),
+    Case("evaluate-stats-wrong-folder", "evaluate", lambda d, fx: ["stats", "--task", "deid", "--data",
+                                                                   str(conll_dir(d))],
+         ("{d}/conll", "not a deid data directory")),
+    Case("convert-unknown-subcommand", "convert", lambda d, fx: ["sideways", "a", "b"], ("invalid choice",)),
 ]
 
 
@@ -279,7 +362,7 @@ def test_a_bug_keeps_its_traceback():
 
     with pytest.raises(KeyError):
         main([])
-    assert cli.describe(ZeroDivisionError()) is None
+    assert cli.error_line(ZeroDivisionError()) is None
 
 
 def test_ctrl_c_during_a_conversion(tmp_path):

@@ -19,7 +19,7 @@ MAY_USE = {
     CORE: set(),
     "modeling": {CORE},
     "weights": {CORE, "modeling"},
-    "data": {CORE},
+    "data": {CORE, "modeling"},
     "training": {CORE, "modeling", "weights", "data"},
     "evaluation": {CORE, "modeling", "weights", "data", "training"},
 }

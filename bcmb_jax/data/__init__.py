@@ -4,7 +4,7 @@ Owns `config.py` (the `data:` section and its sources), `sources.py` (reading ev
 `tokenizer.py` (the one tokenizer loader), `chunking.py` (documents -> token chunks), `corpus.py` (the
 on-disk token cache), `packing.py` (epoch order, packing, masking), `pipeline.py` (the grain iterator
 the trainer reads), `commands.py` (`python -m bcmb_jax.data stats|prepare`) and `demo_corpus.py`
-(the offline demo notes and tokenizer). It uses no model, weights or training code.
+(the offline demo notes and tokenizer). Of the rest it uses only the model's label convention.
 """
 
 from bcmb_jax.data.config import DataConfig, SourceConfig

@@ -11,41 +11,66 @@ import json
 import logging
 import sys
 
-from bcmb_jax import cli, errors, runconfig
+from bcmb_jax import cli, runconfig
+from bcmb_jax.data import demo_corpus
 from bcmb_jax.data.config import DataConfig, SourceConfig
 from bcmb_jax.data.corpus import prepare
 from bcmb_jax.data.pipeline import run_stats
 from bcmb_jax.data.tokenizer import load_tokenizer
-from bcmb_jax.errors import DataError
+from bcmb_jax.errors import ConfigError, DataError
 
-# ---------------------------------------------------------------------------------------------
-# CLI
+# The keys `stats` takes besides the data config's: (default, lowest value allowed; None = any).
+_CLI_KEYS = {"batch_size": (8, 1), "max_batches": (None, 1), "epochs": (1, 1), "seed": (0, None),
+             "process_index": (0, 0), "process_count": (1, 1)}
+COMMANDS = ("stats", "prepare")
 
-_CLI_KEYS = {"batch_size": 8, "max_batches": None, "epochs": 1, "seed": 0, "process_index": 0, "process_count": 1}
+
+def _help() -> str:
+    return (__doc__.strip() + "\n\nkeys (data.KEY=VALUE or KEY=VALUE):\n" + runconfig.help_text(DataConfig)
+            + "\n\nkeys of each entry of `sources`:\n" + runconfig.help_text(SourceConfig)
+            + "\n\nstats also takes: " + ", ".join(f"{k}= [default {v}]" for k, (v, _) in _CLI_KEYS.items()))
+
+
+def _cli_value(key: str, raw: str):
+    value = runconfig.parse_overrides([f"x={raw}"])["x"]
+    default, low = _CLI_KEYS[key]
+    if value is None and key in ("max_batches", "epochs"):
+        return None  # no limit
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ConfigError(f"command line ({key}={raw}): `{key}` must be an integer{bound}, got {value!r}")
+    return value
 
 
 def _parse_cli(argv: list[str]) -> tuple[str, str | None, dict, list[str]]:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("stats", "prepare"):
-        print(__doc__.strip() + "\n\nkeys (data.KEY=VALUE or KEY=VALUE):\n" + runconfig.help_text(DataConfig)
-              + "\n\nkeys of each entry of `sources`:\n" + runconfig.help_text(SourceConfig)
-              + "\n\nstats also takes: " + ", ".join(f"{k}= [default {v}]" for k, v in _CLI_KEYS.items()))
-        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    cmd, rest, path, extra, over = argv[0], argv[1:], None, dict(_CLI_KEYS), []
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_help())
+        raise SystemExit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        raise ConfigError(f"unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)} "
+                          "(python -m bcmb_jax.data --help)")
+    cmd, rest, path, over = argv[0], argv[1:], None, []
+    extra = {k: default for k, (default, _) in _CLI_KEYS.items()}
     while rest:
         a = rest.pop(0)
         if a == "--config" and rest:
             path = rest.pop(0)
         elif a.startswith("--config="):
             path = a.split("=", 1)[1]
+        elif a in ("-h", "--help"):
+            print(_help())
+            raise SystemExit(0)
         elif "=" in a:
             key, value = a.split("=", 1)
             key = key.removeprefix("data.")
             if key in extra:
-                extra[key] = runconfig.parse_overrides([f"x={value}"])["x"]
+                extra[key] = _cli_value(key, value)
             else:
                 over.append(f"{key}={value}")
         else:
-            raise errors.ConfigError(f"unexpected argument {a!r} (expected --config FILE or key=value)")
+            raise ConfigError(f"unexpected argument {a!r} (expected --config FILE or key=value)")
+    if extra["process_index"] >= extra["process_count"]:
+        raise ConfigError(f"process_index {extra['process_index']} must be < process_count {extra['process_count']}")
     return cmd, path, extra, over
 
 
@@ -58,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cmd, path, extra, over = _parse_cli(list(sys.argv[1:] if argv is None else argv))
     cfg = runconfig.load(DataConfig, path, over, section="data")
+    demo_corpus.ensure_default(cfg.tokenizer)  # configs/demo.yaml's data is made on first use
     if cmd == "prepare":
         if not cfg.cache_dir:
             raise DataError("prepare needs data.cache_dir")

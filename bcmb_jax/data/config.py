@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bcmb_jax.errors import DataError
+from bcmb_jax.errors import ConfigError, DataError
 from bcmb_jax.runconfig import opt
 
 
@@ -38,9 +38,6 @@ class SourceConfig:
             out.append(int(f) if isinstance(f, str) and f.isdigit() else f)
         return out
 
-# ---------------------------------------------------------------------------------------------
-# Configuration
-
 
 @dataclass
 class DataConfig:
@@ -68,3 +65,18 @@ class DataConfig:
                                "they memory-map the token cache instead of receiving a copy")
     prefetch: int = opt(8, "elements prefetched by grain's reader")
     max_docs: int | None = opt(None, "read at most this many documents per source (quick runs; no cache)")
+
+    def __post_init__(self):
+        if not 0.0 < self.mlm_probability <= 1.0:
+            raise ConfigError(f"`data.mlm_probability` must be in (0, 1], got {self.mlm_probability} (with nothing "
+                              "masked there is nothing to learn)")
+        for key, low in (("num_threads", 1), ("prefetch", 1), ("worker_count", 0),
+                         ("packing_bins", 0), ("random_token_low", 0), ("max_docs", 1)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ConfigError(f"`data.{key}` must be >= {low}, got {value}")
+        if self.packing not in ("best_fit", "first_fit"):
+            raise ConfigError(f"`data.packing` must be best_fit or first_fit, got {self.packing!r}")
+        for src in self.sources:
+            if not src.weight >= 0:
+                raise ConfigError(f"`data.sources` {src.name!r}: weight must be >= 0, got {src.weight}")

@@ -16,13 +16,13 @@ with format auto and field "text") and OUT_DIR/tokenizer/ (loadable with
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from bcmb_jax import cli
 from bcmb_jax.atomic import atomic, write_text
 
 DEFAULT_DIR = Path("runs") / "demo_data"  # relative to the working directory, as configs/demo.yaml reads it
@@ -347,17 +347,20 @@ def ensure_default(path: str | Path) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Write the demo clinical-note corpus and its tokenizer.")
+@cli.command
+def main(argv: list[str] | None = None) -> int:
+    ap = cli.ArgumentParser(prog="python -m bcmb_jax.data.demo_corpus",
+                            description="Write the demo clinical-note corpus and its tokenizer.")
     ap.add_argument("out_dir")
-    ap.add_argument("--docs", type=int, default=DEFAULTS["n_docs"])
+    ap.add_argument("--docs", type=cli.count(), default=DEFAULTS["n_docs"])
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    ap.add_argument("--vocab-size", type=int, default=DEFAULTS["vocab_size"])
+    ap.add_argument("--vocab-size", type=cli.count(len(SPECIAL_TOKENS) + 256), default=DEFAULTS["vocab_size"])
     args = ap.parse_args(argv)
     corpus = write_corpus(Path(args.out_dir) / CORPUS_FILE, args.docs, args.seed)
     ids = build_tokenizer([corpus], Path(args.out_dir) / TOKENIZER_DIR, args.vocab_size)
     print(json.dumps({"corpus": str(corpus), "tokenizer": str(Path(args.out_dir) / TOKENIZER_DIR), **ids}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

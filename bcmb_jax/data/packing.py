@@ -20,6 +20,9 @@ from typing import Any
 import grain
 import numpy as np
 
+from bcmb_jax.errors import ConfigError, DataError
+from bcmb_jax.modeling.heads import IGNORE
+
 _INFINITE = 2**62  # length of an endlessly repeating chunk stream
 
 
@@ -45,7 +48,7 @@ def mask_tokens(input_ids_BT: np.ndarray, segment_ids_BT: np.ndarray, *, rate: f
     (seed, step, global row index) and a resumed run masks identically.
     """
     ids_BT = np.array(input_ids_BT, np.int32)
-    labels_BT = np.full_like(ids_BT, -100)
+    labels_BT = np.full_like(ids_BT, IGNORE)
     eligible_BT = segment_ids_BT > 0
     if len(special_ids):
         eligible_BT &= ~np.isin(input_ids_BT, np.asarray(special_ids))
@@ -112,7 +115,7 @@ class ChunkStream(Sequence):
         self.per_epoch = max(0, (order.length - process_index + process_count - 1) // process_count)
         self.length = _INFINITE if epochs is None else self.per_epoch * epochs
         if self.per_epoch == 0 and self.length:
-            raise ValueError(f"process {process_index} of {process_count} gets no chunks: the corpus has only "
+            raise DataError(f"process {process_index} of {process_count} gets no chunks: the corpus has only "
                              f"{order.length} per epoch")
 
     def __len__(self) -> int:
@@ -178,14 +181,15 @@ class MaskedBatches(grain.IterDataset):
         return "MaskedBatches"
 
 
-def build(stores: Sequence[Any], weights: Sequence[float], *, seq_len: int, local_batch: int, process_index: int,
-          process_count: int, epochs: int | None, shuffle: bool, shuffle_seed: int, packing: str, bins: int,
-          pad_id: int, num_threads: int, prefetch: int, worker_count: int, mask: MaskSpec) -> grain.IterDataset:
+def build_masked_batches(stores: Sequence[Any], weights: Sequence[float], *, seq_len: int, local_batch: int,
+                         process_index: int, process_count: int, epochs: int | None, shuffle: bool, shuffle_seed: int,
+                         packing: str, bins: int, pad_id: int, num_threads: int, prefetch: int, worker_count: int,
+                         mask: MaskSpec) -> grain.IterDataset:
     """The grain pipeline from chunk stores to masked batches for one process."""
     packers = {"best_fit": grain.experimental.BestFitPackIterDataset,
                "first_fit": grain.experimental.FirstFitPackIterDataset}
     if packing not in packers:
-        raise ValueError(f"data.packing must be one of {sorted(packers)}, got {packing!r}")
+        raise ConfigError(f"data.packing must be one of {sorted(packers)}, got {packing!r}")
     order = EpochOrder([len(s) for s in stores], weights, shuffle_seed, shuffle)
     stream = ChunkStream(stores, order, process_index, process_count, epochs)
     ds = grain.MapDataset.source(stream).to_iter_dataset(

@@ -17,6 +17,7 @@ from bcmb_jax.data.config import DataConfig
 from bcmb_jax.data.corpus import Corpus, prepare
 from bcmb_jax.data.tokenizer import TokenizerInfo, load_tokenizer
 from bcmb_jax.errors import DataError
+from bcmb_jax.modeling.heads import IGNORE
 
 # ---------------------------------------------------------------------------------------------
 # The iterator the trainer uses
@@ -42,8 +43,6 @@ def build_dataset(cfg: DataConfig, *, seed: int, batch_size: int, process_index:
     pi, pc = _process_info(process_index, process_count)
     if batch_size <= 0 or batch_size % pc:
         raise DataError(f"batch_size {batch_size} must be a positive multiple of process_count {pc}")
-    if not 0.0 <= cfg.mlm_probability <= 1.0:
-        raise DataError(f"data.mlm_probability must be in [0, 1], got {cfg.mlm_probability}")
     tok = tok or load_tokenizer(cfg.tokenizer, cfg.prefix_space, mask_token_id=cfg.mask_token_id,
                                 pad_token_id=cfg.pad_token_id)
     corpus = corpus or prepare(cfg, tok)
@@ -52,7 +51,7 @@ def build_dataset(cfg: DataConfig, *, seed: int, batch_size: int, process_index:
     if not 0 <= cfg.random_token_low < high:
         raise DataError(f"random token range [{cfg.random_token_low}, {high}) is empty")
     local = batch_size // pc
-    ds = packing.build(
+    ds = packing.build_masked_batches(
         corpus.stores, corpus.weights, seq_len=cfg.seq_len, local_batch=local, process_index=pi,
         process_count=pc, epochs=epochs, shuffle=cfg.shuffle, shuffle_seed=cfg.shuffle_seed,
         packing=cfg.packing, bins=cfg.packing_bins or max(256, 2 * local), pad_id=tok.pad_id,
@@ -93,7 +92,7 @@ def run_stats(cfg: DataConfig, *, batch_size: int = 8, max_batches: int | None =
         rows += len(seg)
         real_rows += int(nonpad.any(axis=1).sum())
         tokens += int(nonpad.sum())
-        sel = lab != -100
+        sel = lab != IGNORE
         selected += int(sel.sum())
         masked += int((sel & (ids == tok.mask_id)).sum())
         rand += int((sel & (ids != tok.mask_id) & (ids != lab)).sum())

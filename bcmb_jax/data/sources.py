@@ -16,6 +16,7 @@ import glob
 import gzip
 import io
 import json
+import logging
 import lzma
 import os
 import re
@@ -28,10 +29,13 @@ from typing import Any
 from bcmb_jax.data.config import SourceConfig
 from bcmb_jax.errors import DataError
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("auto", "text", "lines", "jsonl", "json", "csv", "parquet", "textgrid")
 _EXT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
                 ".parquet": "parquet", ".textgrid": "textgrid"}
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_SNIFF_BYTES = 8192  # bytes read to tell text from binary or BOM-less UTF-16
 
 
 
@@ -109,12 +113,18 @@ def file_format(path: Path, fmt: str) -> str:
 
 def _open_text(path: Path, encoding: str, newline: str | None = None) -> io.TextIOWrapper:
     ext, opener = _suffix(path)
-    if encoding == "auto":
+    if encoding in ("auto", "utf-8", "utf8"):
         with opener(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(_SNIFF_BYTES)
         boms = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
                 (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-        encoding = next((enc for bom, enc in boms if head.startswith(bom)), "utf-8")
+        if encoding == "auto":
+            encoding = next((enc for bom, enc in boms if head.startswith(bom)), "utf-8")
+        if encoding.startswith("utf-8") and b"\x00" in head:
+            what = ("UTF-16 without a byte-order mark" if head[1::2].count(0) > len(head) // 4 or
+                    head[0::2].count(0) > len(head) // 4 else "a binary file")
+            raise DataError(f"{path}: not UTF-8 text (NUL bytes in its first {len(head):,} bytes: {what}?); expected "
+                            "text files, or set the source's `encoding` (e.g. utf-16-le)")
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -245,6 +255,7 @@ def iter_file_documents(path: Path, src: SourceConfig, stats: ReadStats | None =
     stats = stats if stats is not None else ReadStats()
     fmt, fields = file_format(path, src.format), src.fields()
     before = getattr(_replaced, "n", 0)
+    f = None
     try:
         if fmt == "parquet":
             raw: Iterable[str] = _read_parquet(path, fields)
@@ -270,7 +281,11 @@ def iter_file_documents(path: Path, src: SourceConfig, stats: ReadStats | None =
     finally:
         if fmt != "parquet" and f is not None:
             f.close()
-        stats.replaced_utf8 += getattr(_replaced, "n", 0) - before
+        replaced = getattr(_replaced, "n", 0) - before
+        stats.replaced_utf8 += replaced
+        if replaced:
+            log.warning("%s: %d undecodable bytes replaced by U+FFFD; set the source's `encoding` if the file is "
+                        "not UTF-8", path, replaced)
 
 
 def iter_documents(src: SourceConfig, stats: ReadStats | None = None) -> Iterator[str]:

@@ -102,9 +102,6 @@ def load_tokenizer(path: str | Path, prefix_space: bool = True, *, mask_token_id
     `prefix_space`, ByteLevel pre-tokenizers get add_prefix_space=True; without it, no leading space is added."""
     if not str(path):
         raise DataError("data.tokenizer is not set (expected a directory holding tokenizer.json)")
-    from bcmb_jax.data import demo_corpus
-
-    demo_corpus.ensure_default(path)  # configs/demo.yaml's runs/demo_data is written on first use
     path = Path(path).expanduser()
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():

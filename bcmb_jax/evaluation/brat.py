@@ -1,6 +1,6 @@
 """NER tasks: brat standoff corpora (COS, Social History) and generic CoNLL files (DEID: `deid.py`).
 
-Tokenization, BIO tagging, label orders and splits follow the paper's dataloader (modernbert-facts.md §9).
+Tokenization, BIO tagging, label orders and splits follow the dataloader of the paper's code (arXiv 2506.10896).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bcmb_jax.errors import ConfigError
 from bcmb_jax.evaluation.task_data import (
     SPLIT_STEMS,
     TaskData,
@@ -212,7 +213,7 @@ def build_social_history(data_dir: str | Path, split: str = "random") -> TaskDat
             parts.append([_social_history_doc(p) for p in sorted(sub.glob("*.txt"))])
         return TaskData("social_history", "ner", list(SOCIAL_HISTORY_LABELS), *parts)
     if split != "random":
-        raise ValueError(f"social_history split must be 'random' or 'folders', got {split!r}")
+        raise ConfigError(f"social_history split must be 'random' or 'folders', got {split!r}")
     txts = sorted(d.glob("*.txt")) or sorted(d.glob("*/*.txt"), key=lambda p: p.name)
     if not txts:
         raise err(d, None, "expected brat .txt/.ann pairs (here or in subfolders)")
@@ -266,7 +267,7 @@ def build_conll(data_dir: str | Path, scheme: str = "auto", labels: Sequence[str
     no extension). scheme "auto" or "iob1": chunks opened by I- become B- (IOB1 -> BIO); "bio": such a
     chunk is an error. Default label list: B-<type> for the sorted types, then I-<type>, then O."""
     if scheme not in ("auto", "iob1", "bio"):
-        raise ValueError(f"conll scheme must be 'auto', 'iob1' or 'bio', got {scheme!r}")
+        raise ConfigError(f"conll scheme must be 'auto', 'iob1' or 'bio', got {scheme!r}")
     d = Path(data_dir)
     exts = (".txt", ".tsv", ".conll", ".iob", ".iob2", ".bio", "")
     raw = {}

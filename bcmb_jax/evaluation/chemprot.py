@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from bcmb_jax.errors import ConfigError
 from bcmb_jax.evaluation.task_data import (
     SPLIT_STEMS,
     TaskData,
@@ -192,7 +193,7 @@ def build_chemprot(data_dir: str | Path, text: str = "ascii", source: str = "aut
     corpus, in data_dir or data_dir/original), "auto" (BLUE TSV when present)."""
     d = Path(data_dir)
     if text not in ("ascii", "unicode"):
-        raise ValueError(f"chemprot text must be 'ascii' or 'unicode', got {text!r}")
+        raise ConfigError(f"chemprot text must be 'ascii' or 'unicode', got {text!r}")
     tsvs = {s: find_split_file(d, s, (".tsv",)) for s in ("train", "val", "test")}
     if source == "blue" or (source == "auto" and all(tsvs.values())):
         splits = {}
@@ -205,7 +206,7 @@ def build_chemprot(data_dir: str | Path, text: str = "ascii", source: str = "aut
             splits[s] = rows
         return TaskData("chemprot", "classification", list(CHEMPROT_LABELS), **splits)
     if source not in ("auto", "original"):
-        raise ValueError(f"chemprot source must be 'auto', 'blue' or 'original', got {source!r}")
+        raise ConfigError(f"chemprot source must be 'auto', 'blue' or 'original', got {source!r}")
     folder = next((f for f in (d, d / "original") if (f / _CHEMPROT_FILES["train"][0]).is_dir()), None)
     if folder is None:
         raise err(

@@ -1,6 +1,6 @@
 """The DEID task: PhysioNet deid notes, silver labels from deid.pl's masks (the paper) or the gold PHI spans.
 
-Tokenization, BIO tagging, label order and split follow the paper's dataloader (modernbert-facts.md §9).
+Tokenization, BIO tagging, label order and split follow the dataloader of the paper's code (arXiv 2506.10896).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from bcmb_jax.errors import TaskDataError
+from bcmb_jax.errors import ConfigError, TaskDataError
 from bcmb_jax.evaluation.task_data import TaskData, encode_labels, err, read_lines, read_text
 
 DEID_CATEGORIES = ("age", "date", "location", "name", "other", "phone_nb")
@@ -150,6 +150,10 @@ def build_deid(data_dir: str | Path, labels: str = "silver") -> TaskData:
     """
     d = Path(data_dir)
     text_path = d / "id.text"
+    if not text_path.is_file():
+        found = ", ".join(sorted(p.name for p in d.iterdir())[:4]) if d.is_dir() else "nothing"
+        raise TaskDataError(f"{d}: not a deid data directory (no id.text; found {found} ...); expected the "
+                            "PhysioNet deid corpus: id.text with GSoutput/id.res (silver) or id-phi.phrase (gold)")
     records = read_deid_records(text_path)
     examples = []
     if labels == "silver":
@@ -179,7 +183,7 @@ def build_deid(data_dir: str | Path, labels: str = "silver") -> TaskData:
             raise err(phrase, rows[0][3], f"record {pid}/{rec} is not in {text_path.name}; expected spans of "
                                           "its records only")
     else:
-        raise ValueError(f"deid labels must be 'silver' or 'gold', got {labels!r}")
+        raise ConfigError(f"deid labels must be 'silver' or 'gold', got {labels!r}")
     train, rest = train_test_split(examples, test_size=0.30, random_state=42)
     val, test = train_test_split(rest, test_size=0.50, random_state=42)
     return TaskData("deid", "ner", list(DEID_LABELS), train, val, test)

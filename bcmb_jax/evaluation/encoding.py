@@ -7,6 +7,7 @@ carries its label, the others -100 (`IGNORE`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from bcmb_jax.data.tokenizer import TokenizerInfo, load_any_tokenizer
-from bcmb_jax.evaluation.metrics import IGNORE
+from bcmb_jax.errors import TaskDataError
 from bcmb_jax.evaluation.task_data import TaskData
+from bcmb_jax.modeling.heads import IGNORE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,15 @@ class EncodedTask:
     def split(self, name: str) -> list[Example]:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def check_vocabulary(self, vocab_size: int | None, tokenizer: str | Path, model: str | Path) -> None:
+        """Every token id fits the model's embedding table (else the model would read garbage, or NaN)."""
+        if vocab_size is None:
+            return
+        top = max((int(e.ids.max()) for s in (self.train, self.val, self.test) for e in s if len(e.ids)), default=-1)
+        if top >= vocab_size:
+            raise TaskDataError(f"{tokenizer}: the tokenizer gives token id {top}, but {model} has vocab_size "
+                                f"{vocab_size}; expected the model's own tokenizer (pass tokenizer=DIR)")
+
 
 def subsample(rows: list, n: int | None) -> list:
     """A fixed random subset of n rows (the same for every seed and backend), in the original order."""
@@ -119,11 +132,15 @@ def encode_examples(rows: list[dict], kind: str, enc: TextEncoder, max_length: i
 def encode_task(task: TaskData, enc: TextEncoder, max_length: int,
                 limits: dict[str, int | None] | None = None) -> EncodedTask:
     """Tokenizes the splits of a task, each optionally cut to a fixed random subset (`limits[split]`)."""
+    unseen = task.test_only_labels()
+    if unseen:
+        log.warning("task %s: label(s) %s occur in the test split but in no training example; the model cannot "
+                    "learn them, and they count against it in the test score", task.name, unseen)
     splits, stats = {}, {}
     for split in ("train", "val", "test"):
         rows = subsample(task.splits()[split], (limits or {}).get(split))
         if not rows:
-            raise ValueError(f"task {task.name}: the {split} split is empty")
+            raise TaskDataError(f"task {task.name}: the {split} split is empty")
         splits[split], stats[split] = encode_examples(rows, task.kind, enc, max_length)
     return EncodedTask(task.name, task.kind, list(task.labels), max_length=max_length, stats=stats, **splits)
 

@@ -1,8 +1,9 @@
 """The JAX backend of `protocol.fit`: the NNX model on packed rows, one jitted pure step.
 
 Each batch of examples is packed into rows of a bucketed length (no compute on padding); sequence tasks pool
-per document, NER scores every labelled token. The step is a pure function of (params, optimizer state) as
-`nnx.State`; dropout streams are reseeded from (seed, step) inside it, so a run is reproducible.
+per document, NER scores every labelled token. The step is a pure function of (params as a pure dict,
+optimizer state), like `train.py`'s; dropout streams are drawn from (seed, step) inside it (`state.fresh_rngs`),
+so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from bcmb_jax.evaluation.encoding import EncodedTask, Example
-from bcmb_jax.evaluation.metrics import IGNORE
 from bcmb_jax.evaluation.protocol import FinetuneConfig, head_init
+from bcmb_jax.modeling.heads import IGNORE
 from bcmb_jax.training import optim
 
 _LEN_BUCKETS = tuple(2 ** k for k in range(6, 14))  # row lengths 64 ... 8192
@@ -118,17 +119,17 @@ class JaxBackend:
         import optax
         from flax import nnx
 
+        from bcmb_jax.modeling.state import fresh_rngs, split_model
         from bcmb_jax.weights import pretrained
 
         self.kind, self.cfg, self.num_labels = data.kind, cfg, len(data.labels)
         self.budget = token_budget(data.train, cfg.batch_size)
         model = pretrained.from_pretrained(model_path, task="token" if data.kind == "ner" else "sequence",
                                            num_labels=self.num_labels, runtime=cfg.attention_backend)
-        self.mcfg = model.cfg
+        self.model_cfg = model.cfg
+        self.graph_eval, params, self.rest = split_model(model)
         model.train()
-        self.graph_train, params, self.rest = nnx.split(model, nnx.Param, ...)
-        model.eval()
-        self.graph_eval = nnx.graphdef(model)
+        self.graph_train = split_model(model, training=True)[0]
         self.base_params = jax.tree.map(np.asarray, params)
         self.tx = optim.make_optimizer(optim.OptimConfig(
             name="adamw", lr=1.0, betas=list(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
@@ -137,9 +138,7 @@ class JaxBackend:
 
         def step(params, opt_state, batch, lr, key):
             def loss_fn(p):
-                model = nnx.merge(graph, p, rest, copy=True)
-                nnx.reseed(model, dropout=key)
-                return packed_loss(model, batch, kind)
+                return packed_loss(nnx.merge(graph, p, fresh_rngs(rest, key)), batch, kind)
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             opt_state = optim.set_learning_rate(opt_state, lr)
@@ -153,10 +152,10 @@ class JaxBackend:
         import jax
         import jax.numpy as jnp
 
-        w, b = head_init(seed, self.mcfg.hidden_size, self.num_labels, self.mcfg.initializer_cutoff_factor)
+        w, b = head_init(seed, self.model_cfg.hidden_size, self.num_labels, self.model_cfg.initializer_cutoff_factor)
         params = jax.tree.map(jnp.asarray, self.base_params)
-        params["classifier"]["kernel"][...] = jnp.asarray(np.ascontiguousarray(w.T))
-        params["classifier"]["bias"][...] = jnp.asarray(b)
+        params["classifier"]["kernel"] = jnp.asarray(np.ascontiguousarray(w.T))
+        params["classifier"]["bias"] = jnp.asarray(b)
         self.params = params
         self.opt_state = self.tx.init(self.params)
         self.key = jax.random.key(seed)
@@ -165,7 +164,7 @@ class JaxBackend:
     def train_step(self, batch: list[Example], lr: float) -> float:
         import jax
 
-        arrays = pack_batch(batch, self.kind, self.mcfg.pad_token_id, self.num_labels, self.cfg.batch_size,
+        arrays = pack_batch(batch, self.kind, self.model_cfg.pad_token_id, self.num_labels, self.cfg.batch_size,
                             self.budget)
         key = jax.random.fold_in(self.key, self.steps)
         self.params, self.opt_state, loss = self._step(self.params, self.opt_state, arrays, np.float32(lr), key)

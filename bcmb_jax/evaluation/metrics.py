@@ -18,7 +18,8 @@ from seqeval.metrics import precision_score as seq_precision
 from seqeval.metrics import recall_score as seq_recall
 from sklearn.metrics import accuracy_score, f1_score
 
-IGNORE = -100  # label of tokens that carry no NER label (HF ignore_index)
+from bcmb_jax.modeling.heads import IGNORE
+
 MAIN_METRIC = {"ner": "f1", "classification": "weighted_f1", "multilabel": "weighted_f1"}
 
 
@@ -93,10 +94,10 @@ def _sigmoid_bce(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
 
 
-def _cross_entropy(logits_NC: np.ndarray, y_N: np.ndarray) -> np.ndarray:
-    z = logits_NC.astype(np.float64)
+def _cross_entropy(logits_PC: np.ndarray, y_P: np.ndarray) -> np.ndarray:
+    z = logits_PC.astype(np.float64)
     z = z - z.max(-1, keepdims=True)
-    return np.log(np.exp(z).sum(-1)) - z[np.arange(len(y_N)), y_N]
+    return np.log(np.exp(z).sum(-1)) - z[np.arange(len(y_P)), y_P]
 
 
 def score(data: Any, examples: Sequence[Any], outputs: list[np.ndarray]) -> tuple[dict, list[dict]]:

@@ -1,12 +1,12 @@
 """The fine-tuning protocol of the paper, shared by the JAX (`jax_backend.py`) and torch
 (`torch_backend.py`) backends.
 
-`fit` is the HF Trainer set-up of the paper (modernbert-facts.md §9): AdamW (0.9, 0.999, 1e-8), weight
+`fit` is the HF Trainer set-up of the paper (§3.2.2, Appendix B of arXiv 2506.10896): AdamW (0.9, 0.999, 1e-8), weight
 decay on every tensor but LayerNorm weights and biases, linear decay to 0 without warmup, gradient
 clipping 1.0, evaluation on the validation split after every epoch, the best epoch's weights restored and
 scored on test. The defaults are the paper's (`paper.py`): Table 5's learning rate for the task and
 model size, weight decay 1e-5, 10 epochs, batches of 16, seeds 42-46 with the median reported;
-`resolve` records every value actually used and where it came from. Unlike the paper's code, every seed
+`resolve_hyperparameters` records every value actually used and where it came from. Unlike the paper's code, every seed
 really changes both the data order (`epoch_batches`) and the classifier init (`head_init`); both are
 numpy-defined, so both backends see the same batches and start from the same weights for a seed.
 """
@@ -29,7 +29,7 @@ from bcmb_jax.evaluation.encoding import EncodedTask, Example, TextEncoder
 from bcmb_jax.runconfig import opt
 from bcmb_jax.training import optim
 
-BACKENDS = ("jax", "torch")
+FINETUNE_BACKENDS = ("jax", "torch")
 MAX_LENGTH_RULES = ("model", "paper")
 PAPER_MAX_LENGTH = 512  # the authors' code, for a tokenizer without a model_max_length below 10,000
 
@@ -101,12 +101,16 @@ class FinetuneConfig:
 
 
 def model_info(model_path: str | Path, tokenizer: str | None) -> dict[str, Any]:
-    """{"hidden_size", "context", "model_type", "tokenizer_dir", "is_jax"} of a JAX or HF model directory."""
+    """{"hidden_size", "context", "model_type", "tokenizer_dir", "is_jax", "vocab_size"} of a JAX or HF model
+    directory."""
     from bcmb_jax.weights import directories
 
     d = Path(model_path)
+    if d.is_file():
+        raise FinetuneError(f"--model {d}: a file; expected a model directory (HF or JAX checkpoint, a train run "
+                            "or one of its steps)")
     if not d.is_dir():
-        raise FinetuneError(f"{d}: model directory does not exist")
+        raise FinetuneError(f"--model {d}: no such directory")
     where = directories.locate(d)
     raw = read_json(where.config, FinetuneError, "an HF config.json")
     tok = Path(tokenizer) if tokenizer else where.tokenizer
@@ -115,7 +119,7 @@ def model_info(model_path: str | Path, tokenizer: str | None) -> dict[str, Any]:
     hidden = raw.get("hidden_size", raw.get("d_model", raw.get("dim")))
     context = raw.get("max_position_embeddings", raw.get("n_positions"))
     return {"hidden_size": hidden, "context": context, "model_type": raw.get("model_type"),
-            "tokenizer_dir": tok, "is_jax": where.params is not None}
+            "tokenizer_dir": tok, "is_jax": where.params is not None, "vocab_size": raw.get("vocab_size")}
 
 
 def max_length_for(info: dict, enc: TextEncoder, cfg: FinetuneConfig) -> tuple[int, str]:
@@ -137,7 +141,8 @@ def max_length_for(info: dict, enc: TextEncoder, cfg: FinetuneConfig) -> tuple[i
     return int(min(limits)), "model rule: min(model context, tokenizer model_max_length)"
 
 
-def resolve(task: str, info: dict, enc: TextEncoder, cfg: FinetuneConfig, user: set[str]) -> dict[str, Any]:
+def resolve_hyperparameters(task: str, info: dict, enc: TextEncoder, cfg: FinetuneConfig,
+                            user: set[str]) -> dict[str, Any]:
     """The hyper-parameters actually used, {key: value}, plus "sources": {key: where it came from}.
 
     `user` names the keys given on the command line; every other key is the paper's default (or, for the

@@ -10,6 +10,7 @@ from pathlib import Path
 from bcmb_jax.atomic import atomic, write_text
 from bcmb_jax.evaluation import paper
 from bcmb_jax.evaluation.results import median_score, read_results
+from bcmb_jax.modeling.heads import IGNORE
 
 
 def heldout_texts(source: str, n: int) -> list[str]:
@@ -22,19 +23,24 @@ def heldout_texts(source: str, n: int) -> list[str]:
     return lines[-n:]
 
 
-def heldout_mlm_loss(model_dir: Path, texts: list[str], rate: float = 0.15, max_length: int = 256) -> float:
-    """transformers' MLM loss of an HF directory on `texts`, `rate` of the non-special tokens replaced by
-    [MASK] (a fixed seed, so every model sees the same masks)."""
-    import torch
+def heldout_mlm_loss(model_dir: Path, texts: list[str]) -> float:
+    """`mlm_loss` of an HF directory, loaded with transformers."""
     import transformers as tf
 
-    tok = tf.AutoTokenizer.from_pretrained(model_dir)
-    model = tf.AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    return mlm_loss(tf.AutoTokenizer.from_pretrained(model_dir),
+                    tf.AutoModelForMaskedLM.from_pretrained(model_dir).eval(), texts)
+
+
+def mlm_loss(tok, model, texts: list[str], rate: float = 0.15, max_length: int = 256) -> float:
+    """transformers' own MLM loss of `model` on `texts`, `rate` of the non-special tokens replaced by [MASK]
+    (a fixed seed, so every model sees the same masks)."""
+    import torch
+
     enc = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     gen = torch.Generator().manual_seed(0)
     special = torch.isin(enc["input_ids"], torch.tensor(tok.all_special_ids))
     pick = (torch.rand(enc["input_ids"].shape, generator=gen) < rate) & (enc["attention_mask"] == 1) & ~special
-    labels = torch.where(pick, enc["input_ids"], -100)
+    labels = torch.where(pick, enc["input_ids"], IGNORE)
     ids = torch.where(pick, tok.mask_token_id, enc["input_ids"])
     with torch.no_grad():
         return float(model(input_ids=ids, attention_mask=enc["attention_mask"], labels=labels).loss)

@@ -41,6 +41,22 @@ class TaskData:
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.splits().items()}
 
+    def labels_seen(self, split: str) -> set[str]:
+        """The label names the examples of a split carry (NER: entity types, without B-/I-)."""
+        seen: set[str] = set()
+        for ex in self.splits()[split]:
+            if self.kind == "classification":
+                seen.add(self.labels[ex["label"]])
+            elif self.kind == "multilabel":
+                seen |= {self.labels[i] for i, v in enumerate(ex["labels"]) if v}
+            else:
+                seen |= {self.labels[i].split("-", 1)[-1] for i in ex["tags"] if self.labels[i] != "O"}
+        return seen
+
+    def test_only_labels(self) -> list[str]:
+        """Labels of the test split that no training example carries (the model can never learn them)."""
+        return sorted(self.labels_seen("test") - self.labels_seen("train"))
+
 
 def err(path: Path | str, line: int | None, msg: str) -> TaskDataError:
     """`path:line: msg` (or `path: msg` when no line applies)."""
@@ -117,7 +133,7 @@ def hf_train_test_split(n: int, test_size: float, seed: int) -> tuple[np.ndarray
     """
     n_test = math.ceil(test_size * n)
     if not 0 < test_size < 1 or n_test >= n:
-        raise ValueError(f"test_size={test_size} leaves no training rows out of {n}")
+        raise TaskDataError(f"test_size={test_size} leaves no training rows out of {n}")
     perm = np.random.default_rng(seed).permutation(n)
     return perm[n_test:], perm[:n_test]
 

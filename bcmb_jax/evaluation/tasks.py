@@ -1,7 +1,7 @@
 """The registry of every evaluation task, and the Phenotype and generic CSV/JSONL builders.
 
 `build_task(name, data_dir, **options)` returns a `TaskData` (`task_data.py`). Splits, label orders
-and tokenization follow the paper's dataloader (arXiv 2506.10896, see modernbert-facts.md §9).
+and tokenization follow the dataloader of the paper's code (arXiv 2506.10896).
 ChemProt lives in `chemprot.py`; the NER corpora in `brat.py` (COS, Social History, CoNLL)
 and `deid.py`.
 """
@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from bcmb_jax.errors import TaskDataError
+from bcmb_jax.errors import ConfigError, TaskDataError
 from bcmb_jax.evaluation import brat, deid
 from bcmb_jax.evaluation.chemprot import build_chemprot
 from bcmb_jax.evaluation.task_data import (
@@ -233,7 +233,7 @@ def canonical(name: str) -> str:
     """The registry name of a task (the paper's spellings ChemProt, SocialHistory, ... also work)."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in BUILDERS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(BUILDERS)}")
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(BUILDERS)}")
     return key
 
 
@@ -246,8 +246,13 @@ def task_options(name: str) -> list[str]:
 
 def build_task(name: str, data_dir: str | Path, **options) -> TaskData:
     """Build a task by name (chemprot, phenotype, cos, social_history, deid, conll, csv, jsonl). Options go
-    to the builder."""
+    to the builder; one it does not take is an error naming those it does."""
     key = canonical(name)
+    accepted = task_options(key)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}: not a protocol key and not an option of task {name!r} "
+                          f"(its options: {accepted or 'none'}; see --help for protocol keys)")
     if not Path(data_dir).exists():
         raise TaskDataError(f"{data_dir}: data directory does not exist")
     return BUILDERS[key](data_dir, **options)

@@ -18,9 +18,8 @@ import numpy as np
 
 from bcmb_jax.errors import FinetuneError
 from bcmb_jax.evaluation.encoding import EncodedTask, Example
-from bcmb_jax.evaluation.metrics import IGNORE
 from bcmb_jax.evaluation.protocol import FinetuneConfig, head_init
-from bcmb_jax.modeling.heads import HEADS
+from bcmb_jax.modeling.heads import HEADS, IGNORE
 
 
 def hf_directory(model_path: str | Path, work_dir: Path) -> Path:

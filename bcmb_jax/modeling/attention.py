@@ -20,9 +20,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from bcmb_jax.errors import ConfigError
 from bcmb_jax.modeling.masks import reference_attention
 
-BACKENDS = ("blocked", "reference", "gpu")
+ATTENTION_BACKENDS = ("blocked", "reference", "gpu")
 
 
 def attention(q_BTNK: jax.Array, k_BTNK: jax.Array, v_BTNK: jax.Array, seg_BT: jax.Array, *,
@@ -50,8 +51,8 @@ def attention_heads_first(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Arra
         from bcmb_jax.modeling.pallas_attention import pallas_attention
 
         return pallas_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale, interpret=interpret)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
     from bcmb_jax.modeling.blocked import blocked_attention
 
     return blocked_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale,

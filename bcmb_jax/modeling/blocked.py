@@ -11,6 +11,9 @@ so that the scores of a block stay in cache: local layers over (row, query block
 layers per row over key blocks and, inside, query blocks (each key/value block is sliced once; the
 online-softmax state of the row is updated in place), with a mask only on the block pairs that
 straddle a segment boundary. On other platforms the blocks are vectorized.
+
+Shapes follow `model.py`'s key; Q is the queries of one block (`C` or `Cq` of them) and S the keys of
+its window or key block.
 """
 
 from __future__ import annotations
@@ -102,11 +105,11 @@ def _unblock(x, B: int, n: int, T: int):
     return x[:, :, :T]
 
 
-def _softmax_grads(s_NCS, ok_CS, lse_NC, do_NCK, delta_NC, v_NSK):
+def _softmax_grads(s_NQS, ok_QS, lse_NQ, do_NQK, delta_NQ, v_NSK):
     """Recomputed probabilities and score gradients of one block: (p, ds)."""
-    p = jnp.exp((s_NCS if ok_CS is True else jnp.where(ok_CS, s_NCS, NEG)) - lse_NC[..., None])
-    dp = jnp.einsum("nqk,nsk->nqs", do_NCK, v_NSK, preferred_element_type=f32)
-    return p, p * (dp - delta_NC[..., None])
+    p = jnp.exp((s_NQS if ok_QS is True else jnp.where(ok_QS, s_NQS, NEG)) - lse_NQ[..., None])
+    dp = jnp.einsum("nqk,nsk->nqs", do_NQK, v_NSK, preferred_element_type=f32)
+    return p, p * (dp - delta_NQ[..., None])
 
 
 def _delta(do_BNTK, o_BNTK):
@@ -127,8 +130,8 @@ def _local_setup(k, v, seg, w: int, C: int):
     segq = _pad_axis(seg, 1, 0, tail, -1)  # -1: padding added here; it matches only itself
     a = jnp.arange(C)[:, None]
     b = jnp.arange(C + 2 * w)[None, :]
-    band_CS = jnp.abs(b - w - a) <= w  # key b of the window is token i*C - w + b; query a is i*C + a
-    return nC, kp, vp, segq, segk, band_CS
+    band_QS = jnp.abs(b - w - a) <= w  # key b of the window is token i*C - w + b; query a is i*C + a
+    return nC, kp, vp, segq, segk, band_QS
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -145,23 +148,23 @@ def _local_fwd(q, k, v, seg, w, C):
     kp, vp = (_pad_axis(x, 2, 0, Lk - T) for x in (k, v))
     segq = _pad_axis(seg, 1, 0, nC * C - T, -1)
     segk = _pad_axis(seg, 1, 0, Lk - T, -2)
-    a_CS = jnp.arange(C)[:, None] - jnp.arange(S)[None, :]
+    a_QS = jnp.arange(C)[:, None] - jnp.arange(S)[None, :]
 
     def one(idx):
         b, i = idx // nC, idx % nC
         # Window of S keys from i*C - w, moved inside [0, Lk) at the edges (it still holds every key
         # within w of the block's queries); the band is then |key - query| <= w in row positions.
         start = jnp.clip(i * C - w, 0, Lk - S)
-        q_NCK = _block(qp, b, i * C, C)
+        q_NQK = _block(qp, b, i * C, C)
         k_NSK, v_NSK = _block(kp, b, start, S), _block(vp, b, start, S)
-        band = jnp.abs(a_CS + (i * C - start)) <= w
-        ok_CS = band & (_block(segq, b, i * C, C)[:, None] == _block(segk, b, start, S)[None, :])
-        s = jnp.where(ok_CS, jnp.einsum("nqk,nsk->nqs", q_NCK, k_NSK, preferred_element_type=f32), NEG)
+        band = jnp.abs(a_QS + (i * C - start)) <= w
+        ok_QS = band & (_block(segq, b, i * C, C)[:, None] == _block(segk, b, start, S)[None, :])
+        s = jnp.where(ok_QS, jnp.einsum("nqk,nsk->nqs", q_NQK, k_NSK, preferred_element_type=f32), NEG)
         m = s.max(-1)
         p = jnp.exp(s - m[..., None])
-        l_NC = p.sum(-1)
-        o = jnp.einsum("nqs,nsk->nqk", p.astype(v.dtype), v_NSK, preferred_element_type=f32) / l_NC[..., None]
-        return o.astype(q.dtype), m + jnp.log(l_NC)
+        l_NQ = p.sum(-1)
+        o = jnp.einsum("nqs,nsk->nqk", p.astype(v.dtype), v_NSK, preferred_element_type=f32) / l_NQ[..., None]
+        return o.astype(q.dtype), m + jnp.log(l_NQ)
 
     o, lse = _over_blocks(one, B * nC, q.reshape(-1)[0], LOCAL_BLOCKS_PER_STEP)
     return _unblock(o, B, nC, T), _unblock(lse, B, nC, T)
@@ -183,16 +186,16 @@ def _local_bwd_rule(w, C, res, do):
 
     def one(idx):
         b, i = idx // nC, idx % nC
-        q_NCK, do_NCK = _block(qp, b, i * C, C), _block(dop, b, i * C, C)
+        q_NQK, do_NQK = _block(qp, b, i * C, C), _block(dop, b, i * C, C)
         k_NSK, v_NSK = _block(kp, b, i * C, S), _block(vp, b, i * C, S)
-        ok_CS = band & (_block(segq, b, i * C, C)[:, None] == _block(segk, b, i * C, S)[None, :])
-        s = jnp.einsum("nqk,nsk->nqs", q_NCK, k_NSK, preferred_element_type=f32)
-        p, ds = _softmax_grads(s, ok_CS, _block(lsep, b, i * C, C), do_NCK, _block(deltap, b, i * C, C),
+        ok_QS = band & (_block(segq, b, i * C, C)[:, None] == _block(segk, b, i * C, S)[None, :])
+        s = jnp.einsum("nqk,nsk->nqs", q_NQK, k_NSK, preferred_element_type=f32)
+        p, ds = _softmax_grads(s, ok_QS, _block(lsep, b, i * C, C), do_NQK, _block(deltap, b, i * C, C),
                                v_NSK)
         ds = ds.astype(q.dtype)
         dq = jnp.einsum("nqs,nsk->nqk", ds, k_NSK, preferred_element_type=f32)
-        dk = jnp.einsum("nqs,nqk->nsk", ds, q_NCK, preferred_element_type=f32)
-        dv = jnp.einsum("nqs,nqk->nsk", p.astype(do_NCK.dtype), do_NCK, preferred_element_type=f32)
+        dk = jnp.einsum("nqs,nqk->nsk", ds, q_NQK, preferred_element_type=f32)
+        dv = jnp.einsum("nqs,nqk->nsk", p.astype(do_NQK.dtype), do_NQK, preferred_element_type=f32)
         return dq, dk, dv
 
     dq, dk_win, dv_win = _over_blocks(one, B * nC, do.reshape(-1)[0])
@@ -279,7 +282,7 @@ def _global_fwd(q, k, v, seg, Cq, Ck):
 
             def query_block(carry, i):
                 def attend(state, masked: bool):
-                    m, l_NC, acc = state
+                    m, l_NQ, acc = state
                     s = jnp.einsum("nqk,nsk->nqs", _block(qp, b, i * Cq, Cq), k_NSK, preferred_element_type=f32)
                     if masked:
                         s = jnp.where(_block(segq, b, i * Cq, Cq)[:, None] == segk_S[None, :], s, NEG)
@@ -287,7 +290,7 @@ def _global_fwd(q, k, v, seg, Cq, Ck):
                     p = jnp.exp(s - m_new[..., None])
                     corr = jnp.exp(m - m_new)
                     pv = jnp.einsum("nqs,nsk->nqk", p.astype(v.dtype), v_NSK, preferred_element_type=f32)
-                    return m_new, l_NC * corr + p.sum(-1), acc * corr[..., None] + pv
+                    return m_new, l_NQ * corr + p.sum(-1), acc * corr[..., None] + pv
 
                 # The branches see only this query block's state; the row buffers are updated in place.
                 state = tuple(jax.lax.dynamic_slice_in_dim(x, i * Cq, Cq, 1) for x in carry)
@@ -299,8 +302,8 @@ def _global_fwd(q, k, v, seg, Cq, Ck):
 
         Tq, tie = nQ * Cq, _block(qp, b, 0, 1)[0, 0, 0]
         init = (_tied_zeros((N, Tq), tie, NEG), _tied_zeros((N, Tq), tie), _tied_zeros((N, Tq, K), tie))
-        (m, l_NC, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nK))
-        return (acc / l_NC[..., None])[:, :T].astype(q.dtype), (m + jnp.log(l_NC))[:, :T]
+        (m, l_NQ, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nK))
+        return (acc / l_NQ[..., None])[:, :T].astype(q.dtype), (m + jnp.log(l_NQ))[:, :T]
 
     return _over_blocks(row, B, q.reshape(-1)[0])
 
@@ -326,14 +329,14 @@ def _global_bwd_rule(Cq, Ck, res, do):
             def query_block(carry, i):
                 def attend(state, masked: bool):
                     dq_i, dk, dv = state
-                    q_NCK, do_NCK = _block(qp, b, i * Cq, Cq), _block(dop, b, i * Cq, Cq)
-                    ok_CS = _block(segq, b, i * Cq, Cq)[:, None] == segk_S[None, :] if masked else True
-                    s = jnp.einsum("nqk,nsk->nqs", q_NCK, k_NSK, preferred_element_type=f32)
-                    p, ds = _softmax_grads(s, ok_CS, _block(lsep, b, i * Cq, Cq), do_NCK,
+                    q_NQK, do_NQK = _block(qp, b, i * Cq, Cq), _block(dop, b, i * Cq, Cq)
+                    ok_QS = _block(segq, b, i * Cq, Cq)[:, None] == segk_S[None, :] if masked else True
+                    s = jnp.einsum("nqk,nsk->nqs", q_NQK, k_NSK, preferred_element_type=f32)
+                    p, ds = _softmax_grads(s, ok_QS, _block(lsep, b, i * Cq, Cq), do_NQK,
                                            _block(deltap, b, i * Cq, Cq), v_NSK)
                     ds = ds.astype(q.dtype)
-                    dv = dv + jnp.einsum("nqs,nqk->nsk", p.astype(do_NCK.dtype), do_NCK, preferred_element_type=f32)
-                    dk = dk + jnp.einsum("nqs,nqk->nsk", ds, q_NCK, preferred_element_type=f32)
+                    dv = dv + jnp.einsum("nqs,nqk->nsk", p.astype(do_NQK.dtype), do_NQK, preferred_element_type=f32)
+                    dk = dk + jnp.einsum("nqs,nqk->nsk", ds, q_NQK, preferred_element_type=f32)
                     return dq_i + jnp.einsum("nqs,nsk->nqk", ds, k_NSK, preferred_element_type=f32), dk, dv
 
                 dq, dk, dv = carry

@@ -114,6 +114,11 @@ class ModelConfig:
             if not 0.0 <= getattr(self, key) < 1.0:
                 bad(key, f"must be in [0, 1), got {getattr(self, key)}")
 
+    def special_ids_outside_vocabulary(self) -> dict[str, int]:
+        """The special-token ids that are not ids of this vocabulary (transformers refuses such a config)."""
+        keys = ("pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id", "mask_token_id")
+        return {k: v for k in keys if (v := getattr(self, k)) is not None and not 0 <= v < self.vocab_size}
+
     # ------------------------------------------------------------------ HF I/O
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bcmb_jax.errors import ConfigError
+
+IGNORE = -100  # the label of a position no head is trained on (HF's ignore_index), MLM and NER alike
+
 
 @dataclass(frozen=True)
 class Head:
@@ -35,5 +39,5 @@ BY_ARCHITECTURE: dict[str, Head] = {h.hf_architecture: h for h in HEADS.values()
 def get(name: str) -> Head:
     """The head called `name`; an unknown name is a ValueError listing the known ones."""
     if name not in HEADS:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(HEADS)}")
+        raise ConfigError(f"unknown task {name!r}; expected one of {sorted(HEADS)}")
     return HEADS[name]

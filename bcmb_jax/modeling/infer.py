@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bcmb_jax.errors import InputError
+
 PACKING_TARGET = 0.97  # share of real tokens that lengthening the rows aims at
 ROW_MULTIPLE = 64  # lengths of the last call's rows are multiples of this (a block of the local kernel)
 MIN_ROW = 512  # shortest row length chosen automatically
@@ -37,7 +39,7 @@ def best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     for i in order:
         n = lengths[i]
         if n > capacity:
-            raise ValueError(f"sequence {i} has {n} tokens, more than the row length {capacity}")
+            raise InputError(f"sequence {i} has {n} tokens, more than the row length {capacity}")
         j = bisect.bisect_left(free, (n, -1))
         if j == len(free):
             bins.append([i])
@@ -161,10 +163,10 @@ def plan_rows(model, lengths: Sequence[int], *, row_len: int | None = None, batc
     if not lengths:
         return Plan([], 0)
     if min(lengths) < 1:
-        raise ValueError(f"sequence {list(lengths).index(min(lengths))} is empty")
+        raise InputError(f"sequence {list(lengths).index(min(lengths))} is empty")
     longest = max(lengths)
     if longest > cfg.max_position_embeddings:
-        raise ValueError(f"a sequence has {longest} tokens; the model's context is {cfg.max_position_embeddings}")
+        raise InputError(f"a sequence has {longest} tokens; the model's context is {cfg.max_position_embeddings}")
     if row_len:
         return pack_calls(lengths, row_len, batch_tokens)
     short = min(_bucket(longest, MIN_ROW), max(cfg.max_position_embeddings, longest))

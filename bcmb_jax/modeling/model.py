@@ -13,8 +13,9 @@ positions 0..T-1 as in Hugging Face. Names follow HF so that `weights/keymap.py`
 How the model computes (attention kernels, remat, platform fast paths) is the run-time option
 `runtime.Runtime`, not part of `ModelConfig`.
 
-Dimension key: B batch rows, T tokens, D hidden, N heads, K head dim, F MLP width, V vocab,
-M documents per row, C labels.
+Dimension key (the same in every module): B batch rows, T tokens, D hidden, N heads, K head dim,
+F MLP width, V vocab, M documents per row, C labels, P predicted (masked) positions, L rotary table
+length; the attention kernels add Q queries of a block and S keys of a block or window.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flax import nnx, struct
 from bcmb_jax.modeling import heads
 from bcmb_jax.modeling.attention import attention_heads_first
 from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.modeling.inputs import check_ids, normalize_inputs
 from bcmb_jax.modeling.runtime import DEFAULT_RUNTIME, Runtime, add_bias, as_runtime, normed_linear, remat_layer
 
 ACTIVATIONS = {
@@ -58,39 +60,6 @@ def trunc_normal(std: float, cutoff: float):
         return (std * jax.random.truncated_normal(key, -cutoff, cutoff, shape, jnp.float32)).astype(dtype)
 
     return init
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-def positions_from_segments(seg_BT: jax.Array) -> jax.Array:
-    """Positions restarting at 0 at every segment change (documents must be contiguous)."""
-    T = seg_BT.shape[1]
-    idx_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), seg_BT.shape)
-    starts_BT = jnp.concatenate([jnp.ones_like(seg_BT[:, :1], bool), seg_BT[:, 1:] != seg_BT[:, :-1]], axis=1)
-    return idx_BT - jax.lax.cummax(jnp.where(starts_BT, idx_BT, 0), axis=1)
-
-
-def normalize_inputs(input_ids, attention_mask=None, segment_ids=None, position_ids=None):
-    """Both input forms -> (ids_BT, seg_BT, pos_BT, packed)."""
-    ids_BT = jnp.asarray(input_ids, jnp.int32)
-    if ids_BT.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, tokens], got shape {ids_BT.shape}")
-    if segment_ids is not None:
-        if attention_mask is not None:
-            raise ValueError("pass either attention_mask (padded rows) or segment_ids (packed rows), not both")
-        seg_BT = jnp.asarray(segment_ids, jnp.int32)
-        pos_BT = positions_from_segments(seg_BT) if position_ids is None else jnp.asarray(position_ids, jnp.int32)
-        return ids_BT, seg_BT, pos_BT, True
-    if attention_mask is None:
-        seg_BT = jnp.ones_like(ids_BT)
-    else:
-        seg_BT = (jnp.asarray(attention_mask) != 0).astype(jnp.int32)
-    pos_BT = jnp.broadcast_to(jnp.arange(ids_BT.shape[1], dtype=jnp.int32), ids_BT.shape)
-    if position_ids is not None:
-        pos_BT = jnp.asarray(position_ids, jnp.int32)
-    return ids_BT, seg_BT, pos_BT, False
 
 
 def _rotate(x, cos, sin):
@@ -272,6 +241,8 @@ class _Task(nnx.Module):
         Called outside `jit`, the forward pass is compiled (cached per shape). `num_segments`
         (sequence task, packed rows) = documents per row to pool; defaults to max(segment_ids).
         """
+        if not isinstance(input_ids, jax.core.Tracer):
+            check_ids(input_ids, self.cfg.vocab_size)
         ids_BT, seg_BT, pos_BT, packed = normalize_inputs(input_ids, attention_mask, segment_ids, position_ids)
         if packed and self.task == "sequence" and num_segments is None:
             if isinstance(seg_BT, jax.core.Tracer):
@@ -311,15 +282,15 @@ class ModernBertForMaskedLM(_Task):
         self.head = PredictionHead(cfg, dtype=dtype, rngs=rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32)) if cfg.decoder_bias else None
 
-    def mlm_logits(self, h_ND: jax.Array, dtype=None) -> jax.Array:
+    def mlm_logits(self, h_PD: jax.Array, dtype=None) -> jax.Array:
         """Vocabulary logits for any [..., D] hidden states (used on masked positions only in training).
 
         `dtype`: of the logits (float32 for a loss); default the compute dtype. The decoder is tied
         to the token embeddings.
         """
-        x_ND = self.head(h_ND)
-        emb_VD = self.model.embeddings.tok_embeddings.embedding[...].astype(x_ND.dtype)
-        logits = jnp.dot(x_ND, emb_VD.T, preferred_element_type=dtype or x_ND.dtype)
+        x_PD = self.head(h_PD)
+        emb_VD = self.model.embeddings.tok_embeddings.embedding[...].astype(x_PD.dtype)
+        logits = jnp.dot(x_PD, emb_VD.T, preferred_element_type=dtype or x_PD.dtype)
         if self.decoder_bias is not None:
             logits = add_bias(self.runtime, logits, self.decoder_bias[...])
         return logits

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bcmb_jax.modeling.attention import BACKENDS
+from bcmb_jax.errors import ConfigError
+from bcmb_jax.modeling.attention import ATTENTION_BACKENDS
 
 REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
@@ -40,10 +41,10 @@ class Runtime:
     interpret: bool = False  # gpu: run the Pallas kernel through the interpreter (CPU tests)
 
     def __post_init__(self):
-        if self.attention_backend not in BACKENDS:
-            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+            raise ConfigError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
 
     @property
     def cpu_paths(self) -> bool:
@@ -76,7 +77,7 @@ def normed_linear(rt: Runtime, norm: nnx.LayerNorm | None, linear: nnx.Linear, x
     for the whole backward pass (1.1 GB for the base model at 8,192 tokens); inference is ~12%
     faster. Not for training without remat: there XLA:CPU fuses the gradients of the norms' means
     along the residual stream into one chain that it recomputes in every weight-gradient copy
-    (1.5x slower steps); `training.mlm_step.split_model` turns `fold_norms` off for such graphs.
+    (1.5x slower steps); `state.split_model` turns `fold_norms` off for such graphs.
     """
     if norm is None:
         return linear(x_BTD)
@@ -112,7 +113,7 @@ def remat_layer(rt: Runtime, layer: nnx.Module, x_BTD, seg_BT, tables):
     """
     drop = layer.mlp.drop
     if drop.rate > 0 and not drop.deterministic:
-        raise ValueError("remat=True needs mlp_dropout == 0 (or the model in eval mode)")
+        raise ConfigError("remat=True needs mlp_dropout == 0 (or the model in eval mode)")
     graphdef, state = nnx.split(layer)
     if rt.cpu_paths:
         return _recompute(graphdef, state, x_BTD, seg_BT, tables)
@@ -150,29 +151,29 @@ _recompute.defvjp(_recompute_fwd, _recompute_bwd)
 # Decoder bias
 
 
-def add_bias(rt: Runtime, x_NV: jax.Array, b_V: jax.Array) -> jax.Array:
+def add_bias(rt: Runtime, x_PV: jax.Array, b_V: jax.Array) -> jax.Array:
     """x + b over the last axis (b cast to x's dtype)."""
-    return _add_bias(x_NV, b_V) if rt.cpu_paths else x_NV + b_V.astype(x_NV.dtype)
+    return _add_bias(x_PV, b_V) if rt.cpu_paths else x_PV + b_V.astype(x_PV.dtype)
 
 
 @jax.custom_vjp
-def _add_bias(x_NV: jax.Array, b_V: jax.Array) -> jax.Array:
+def _add_bias(x_PV: jax.Array, b_V: jax.Array) -> jax.Array:
     """x + b whose bias gradient is a ones-vector matmul.
 
     (Autodiff would sum the [N, V] gradient over its leading axis, a reduction XLA:CPU runs about
     70x slower than the equivalent matrix-vector product for V = 50368.)
     """
-    return x_NV + b_V.astype(x_NV.dtype)
+    return x_PV + b_V.astype(x_PV.dtype)
 
 
-def _add_bias_fwd(x_NV, b_V):
-    return _add_bias(x_NV, b_V), b_V
+def _add_bias_fwd(x_PV, b_V):
+    return _add_bias(x_PV, b_V), b_V
 
 
-def _add_bias_bwd(b_V, g_NV):
-    g_MV = g_NV.reshape(-1, g_NV.shape[-1])
-    db_V = jnp.dot(jnp.ones((g_MV.shape[0],), g_MV.dtype), g_MV, preferred_element_type=jnp.float32)
-    return g_NV, db_V.astype(b_V.dtype)
+def _add_bias_bwd(b_V, g_PV):
+    g_flat_PV = g_PV.reshape(-1, g_PV.shape[-1])
+    db_V = jnp.dot(jnp.ones((g_flat_PV.shape[0],), g_flat_PV.dtype), g_flat_PV, preferred_element_type=jnp.float32)
+    return g_PV, db_V.astype(b_V.dtype)
 
 
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

@@ -11,7 +11,7 @@ from typing import Any
 
 from bcmb_jax.data.config import DataConfig
 from bcmb_jax.errors import ConfigError
-from bcmb_jax.modeling.attention import BACKENDS
+from bcmb_jax.modeling.attention import ATTENTION_BACKENDS
 from bcmb_jax.runconfig import opt
 from bcmb_jax.training.optim import OptimConfig, ScheduleConfig
 from bcmb_jax.training.sharding import DistributedConfig, MeshConfig
@@ -53,6 +53,8 @@ class TrainConfig:
                               "count to reproduce its batches exactly with fewer processes (a multiple of the "
                               "process count)")
     export_hf: bool = opt(True, "at the end, export the final weights to RUN_DIR/hf (transformers format)")
+    lock_stale_after: float = opt(120.0, "seconds without a heartbeat after which another host's lock on run_dir "
+                                         "counts as dead and is taken over (same-host holders are checked by pid)")
     model: ModelSection = opt(ModelSection(), "model init and compute settings")
     data: DataConfig = opt(DataConfig(), "the input pipeline")
     optim: OptimConfig = opt(OptimConfig(), "the optimizer")
@@ -61,16 +63,22 @@ class TrainConfig:
     distributed: DistributedConfig = opt(DistributedConfig(), "multi-host start-up")
 
     def __post_init__(self):
-        if self.global_batch % self.micro_batch:
-            raise ConfigError(f"global_batch ({self.global_batch}) must be a multiple of micro_batch "
-                              f"({self.micro_batch})")
-        for key in ("max_steps", "checkpoint_every", "log_every", "micro_batch", "keep_checkpoints"):
+        for key in ("max_steps", "checkpoint_every", "log_every", "global_batch", "micro_batch", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"`{key}` must be >= 1, got {getattr(self, key)}")
+        for key, low in (("max_tokens", 1), ("data_shards", 0), ("masked_cap_sigmas", 0)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ConfigError(f"`{key}` must be >= {low}, got {value}")
+        if not self.lock_stale_after > 0:
+            raise ConfigError(f"`lock_stale_after` must be > 0 seconds, got {self.lock_stale_after}")
+        if self.global_batch % self.micro_batch:
+            raise ConfigError(f"`global_batch` ({self.global_batch}) must be a multiple of `micro_batch` "
+                              f"({self.micro_batch})")
         if self.model.compute_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"model.compute_dtype must be float32 or bfloat16, got {self.model.compute_dtype!r}")
-        if self.model.attention_backend not in BACKENDS:
-            raise ConfigError(f"model.attention_backend must be one of {BACKENDS}, "
+        if self.model.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(f"model.attention_backend must be one of {ATTENTION_BACKENDS}, "
                               f"got {self.model.attention_backend!r}")
         moved = sorted({"attention_backend", "local_chunk", "global_chunk"} & set(self.model.overrides))
         if moved:

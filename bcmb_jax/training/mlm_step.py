@@ -10,39 +10,15 @@ logging) stays outside the step.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bcmb_jax.modeling.heads import IGNORE
+from bcmb_jax.modeling.state import fresh_rngs
 from bcmb_jax.training import optim
-
-IGNORE = -100
-
-
-def split_model(model, training: bool = True) -> tuple[nnx.GraphDef, dict, Any]:
-    """(graphdef, params as a pure dict, the other state: dropout RNG streams).
-
-    A `training` graph applies the layer norms as LayerNorms unless the model recomputes its layers
-    (`runtime.normed_linear`: the faster choice for XLA:CPU's backward pass); `model` is not changed.
-    """
-    model = nnx.with_attributes(model, runtime=model.runtime.replace(fold_norms=model.model.remat or not training))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, nnx.to_pure_dict(params), rest
-
-
-def fresh_rngs(rest, key: jax.Array):
-    """Dropout RNG streams for one step: stream i gets fold_in(key, i), counts reset; resumes exactly."""
-    leaves, treedef = jax.tree.flatten(rest)
-    out = []
-    for i, leaf in enumerate(leaves):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            out.append(jax.random.fold_in(key, i))
-        else:
-            out.append(jnp.zeros_like(leaf))
-    return jax.tree.unflatten(treedef, out)
 
 
 def masked_cap(seq_len: int, rate: float, sigmas: float) -> int:
@@ -62,29 +38,29 @@ def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024
     with recomputation in the backward pass, so [tokens, vocab] logits never exist at once. The
     logits, softmax and sums are float32 also when the model computes in bfloat16.
     """
-    labels_RT = batch["labels"]
-    h_RTD = model.model(batch["input_ids"], batch["segment_ids"], batch["position_ids"])
-    is_masked_RT = labels_RT != IGNORE
-    count_R = is_masked_RT.sum(-1)
-    idx_RC = jax.vmap(lambda m: jnp.nonzero(m, size=cap, fill_value=0)[0])(is_masked_RT)
-    h_ND = jnp.take_along_axis(h_RTD, idx_RC[..., None], axis=1).reshape(-1, h_RTD.shape[-1])
-    y_N = jnp.take_along_axis(labels_RT, idx_RC, axis=1).reshape(-1)
-    valid_N = (jnp.arange(cap)[None] < count_R[:, None]).reshape(-1)
-    n = h_ND.shape[0]
+    labels_BT = batch["labels"]
+    h_BTD = model.model(batch["input_ids"], batch["segment_ids"], batch["position_ids"])
+    is_masked_BT = labels_BT != IGNORE
+    count_B = is_masked_BT.sum(-1)
+    idx_BP = jax.vmap(lambda m: jnp.nonzero(m, size=cap, fill_value=0)[0])(is_masked_BT)
+    h_PD = jnp.take_along_axis(h_BTD, idx_BP[..., None], axis=1).reshape(-1, h_BTD.shape[-1])
+    y_P = jnp.take_along_axis(labels_BT, idx_BP, axis=1).reshape(-1)
+    valid_P = (jnp.arange(cap)[None] < count_B[:, None]).reshape(-1)
+    n = h_PD.shape[0]
     chunk = min(chunk, n)
     pad = -n % chunk
-    h_cND = jnp.pad(h_ND, ((0, pad), (0, 0))).reshape(-1, chunk, h_ND.shape[-1])
-    y_cN = jnp.pad(y_N, (0, pad)).reshape(-1, chunk)
-    v_cN = jnp.pad(valid_N, (0, pad)).reshape(-1, chunk)
+    h_cPD = jnp.pad(h_PD, ((0, pad), (0, 0))).reshape(-1, chunk, h_PD.shape[-1])
+    y_cP = jnp.pad(y_P, (0, pad)).reshape(-1, chunk)
+    v_cP = jnp.pad(valid_P, (0, pad)).reshape(-1, chunk)
 
     @jax.checkpoint
     def piece(h, y, v):
         logits = model.mlm_logits(h, jnp.float32)  # float32 logits and log-softmax whatever the compute dtype
         return jnp.where(v, optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(v, y, 0)), 0).sum()
 
-    total = jax.lax.map(lambda a: piece(*a), (h_cND, y_cN, v_cN)).sum()
-    dropped = jnp.maximum(count_R - cap, 0).sum()
-    return total, jnp.minimum(count_R, cap).sum(), dropped
+    total = jax.lax.map(lambda a: piece(*a), (h_cPD, y_cP, v_cP)).sum()
+    dropped = jnp.maximum(count_B - cap, 0).sum()
+    return total, jnp.minimum(count_B, cap).sum(), dropped
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, seed: int):
@@ -133,9 +109,24 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, 
 
 
 def init_state(params: dict, tx: optax.GradientTransformation, moments: tuple | None = None) -> dict:
+    """{params, opt_state, step 0}; StableAdamW's moments seeded from (step, mu, nu) when given."""
     opt_state = tx.init(params)
     if moments is not None:
         step, mu, nu = moments
         seeded = optim.stable_adamw_state_from_moments(params, mu, nu, step)
         opt_state = optim.replace_stable_adamw_state(opt_state, seeded)
     return {"params": params, "opt_state": opt_state, "step": jnp.int32(0)}
+
+
+def init_sharded_state(params: dict, tx: optax.GradientTransformation, moments: tuple | None, mesh,
+                       param_shardings: dict) -> tuple[dict, dict]:
+    """(state, its shardings): `init_state` computed straight into its layout on the mesh. The optimizer's
+    per-parameter trees follow the parameters' shardings; counts and hyper-parameters are replicated."""
+    from bcmb_jax.training.sharding import replicated
+
+    abstract = jax.eval_shape(lambda p: init_state(p, tx, None), params)
+    shardings = {"params": param_shardings, "step": replicated(mesh),
+                 "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_shardings,
+                                                    transform_non_params=lambda _: replicated(mesh))}
+    state = jax.jit(lambda p: init_state(p, tx, moments), out_shardings=shardings)(params)
+    return state, shardings

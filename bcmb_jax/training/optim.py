@@ -249,22 +249,22 @@ def _adamw_chain(learning_rate, b1, b2, eps, weight_decay, clip_grad_norm, weigh
                                    mask=weight_decay_mask))
 
 
-def make_optimizer(cfg: OptimConfig, peak_lr: float | None = None) -> optax.GradientTransformation:
+def make_optimizer(optim_cfg: OptimConfig, peak_lr: float | None = None) -> optax.GradientTransformation:
     """The configured optimizer: chain(global-norm clip or identity, stable_adamw | adamw).
 
     Wrapped in `optax.inject_hyperparams`, so `opt_state.hyperparams` holds learning_rate, b1, b2,
     eps, weight_decay (and max_lr for stable_adamw); the trainer overwrites
     `opt_state.hyperparams["learning_rate"]` before each update (see `set_learning_rate`).
-    It starts at `peak_lr` (default `cfg.lr`), which is also the default `max_lr`.
+    It starts at `peak_lr` (default `optim_cfg.lr`), which is also the default `max_lr`.
     The moments live in `opt_state.inner_state[1]`.
     """
-    peak = float(cfg.lr if peak_lr is None else peak_lr)
+    peak = float(optim_cfg.lr if peak_lr is None else peak_lr)
     static = ("clip_grad_norm", "weight_decay_mask")
-    kw = dict(learning_rate=peak, b1=float(cfg.betas[0]), b2=float(cfg.betas[1]), eps=float(cfg.eps),
-              weight_decay=float(cfg.weight_decay), clip_grad_norm=cfg.clip_grad_norm,
+    kw = dict(learning_rate=peak, b1=float(optim_cfg.betas[0]), b2=float(optim_cfg.betas[1]), eps=float(optim_cfg.eps),
+              weight_decay=float(optim_cfg.weight_decay), clip_grad_norm=optim_cfg.clip_grad_norm,
               weight_decay_mask=weight_decay_mask)
-    if cfg.name == "stable_adamw":
-        max_lr = float(cfg.max_lr if cfg.max_lr is not None else peak)
+    if optim_cfg.name == "stable_adamw":
+        max_lr = float(optim_cfg.max_lr if optim_cfg.max_lr is not None else peak)
         return optax.inject_hyperparams(_stable_chain, static_args=static)(max_lr=max_lr, **kw)
     return optax.inject_hyperparams(_adamw_chain, static_args=static)(**kw)
 
@@ -342,7 +342,7 @@ def _one_minus_sqrt(xp, t, total: float, decay: float, alpha_f: float):
     return xp.maximum(alpha_f, alpha_f + (1.0 - alpha_f) * (1.0 - xp.sqrt(frac)))
 
 
-def lr_scale(cfg: ScheduleConfig, t: Any) -> Any:
+def lr_scale(schedule: ScheduleConfig, t: Any) -> Any:
     """The multiplier of the peak lr at time t (ModernBERT / Composer / HF formulas).
 
     numpy float64 for Python or numpy input (exact at token counts beyond int32; use this on the
@@ -351,24 +351,24 @@ def lr_scale(cfg: ScheduleConfig, t: Any) -> Any:
     """
     xp = jnp if isinstance(t, jax.Array) else np
     t = xp.asarray(t, dtype=jnp.result_type(float) if xp is jnp else np.float64)
-    w, total = float(cfg.warmup), float(cfg.total)  # Python floats: token counts overflow int32
-    if cfg.name == "linear":  # transformers.get_linear_schedule_with_warmup
+    w, total = float(schedule.warmup), float(schedule.total)  # Python floats: token counts overflow int32
+    if schedule.name == "linear":  # transformers.get_linear_schedule_with_warmup
         warm = t / max(1.0, w)
         rest = xp.maximum(0.0, (total - t) / max(1.0, total - w))
         return xp.where(t < w, warm, rest)
-    if cfg.name == "constant":  # Composer ConstantWithWarmupScheduler
+    if schedule.name == "constant":  # Composer ConstantWithWarmupScheduler
         return xp.minimum(1.0, t / w) if w > 0 else xp.ones_like(t)
-    if cfg.name == "one_minus_sqrt":  # ModernBERT OneMinusSqrtScheduler
-        return _one_minus_sqrt(xp, t, total, float(cfg.t_decay), float(cfg.alpha_f))
+    if schedule.name == "one_minus_sqrt":  # ModernBERT OneMinusSqrtScheduler
+        return _one_minus_sqrt(xp, t, total, float(schedule.t_decay), float(schedule.alpha_f))
     # wsd: ModernBERT WarmupStableDecayScheduler (+ a 1-sqrt decay shape). Past `total` the linear
     # decay goes on below alpha_f down to 0, as in the reference; the 1-sqrt shape stays at alpha_f.
-    d = float(cfg.t_decay)
+    d = float(schedule.t_decay)
     warm = WSD_WARMUP_START + xp.minimum(1.0, t / w) * (1.0 - WSD_WARMUP_START) if w > 0 else 1.0
     if d == 0:
         after = xp.ones_like(t)
-    elif cfg.decay_shape == "linear":
+    elif schedule.decay_shape == "linear":
         after = xp.where(t < total - d, 1.0,
-                         xp.maximum(0.0, 1.0 - (t - (total - d)) / d * (1.0 - cfg.alpha_f)))
+                         xp.maximum(0.0, 1.0 - (t - (total - d)) / d * (1.0 - schedule.alpha_f)))
     else:
-        after = _one_minus_sqrt(xp, t, total, d, cfg.alpha_f)
+        after = _one_minus_sqrt(xp, t, total, d, schedule.alpha_f)
     return xp.where(t < w, warm, after)

@@ -31,29 +31,30 @@ RESUME_FREE_DATA_KEYS = ("num_threads", "worker_count", "prefetch", "cache_dir",
 IGNORED_MODEL_KEYS = ("architectures", "bcmb_jax", "dtype", "torch_dtype", "transformers_version")
 
 
-def check_seq_len(seq_len: int, mcfg: ModelConfig, where: str = "data.seq_len") -> None:
+def check_seq_len(seq_len: int, model_cfg: ModelConfig, where: str = "data.seq_len") -> None:
     """MIN_SEQ_LEN <= seq_len <= the model's max_position_embeddings."""
     if seq_len < MIN_SEQ_LEN:
         raise ConfigError(f"{where}: must be >= {MIN_SEQ_LEN} ([CLS] + tokens + [SEP]), got {seq_len}")
-    if seq_len > mcfg.max_position_embeddings:
+    if seq_len > model_cfg.max_position_embeddings:
         raise ConfigError(f"{where}: {seq_len} is longer than the model's max_position_embeddings "
-                          f"({mcfg.max_position_embeddings}); expected at most that many tokens per row")
+                          f"({model_cfg.max_position_embeddings}); expected at most that many tokens per row")
 
 
-def check_vocabulary(mcfg: ModelConfig, tok: TokenizerInfo, tokenizer: str | Path,
+def check_vocabulary(model_cfg: ModelConfig, tok: TokenizerInfo, tokenizer: str | Path,
                      random_token_high: int | None = None) -> None:
     """The model's embedding table holds every tokenizer id, the special ones and the random-token range."""
-    if tok.vocab_size > mcfg.vocab_size:
-        raise ConfigError(f"{tokenizer}: the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
-                          f"{mcfg.vocab_size}; expected vocab_size >= {tok.vocab_size} (model.overrides.vocab_size)")
+    if tok.vocab_size > model_cfg.vocab_size:
+        raise ConfigError(f"{tokenizer}: the tokenizer has {tok.vocab_size} tokens but the model's vocab_size "
+                          f"is {model_cfg.vocab_size}; expected vocab_size >= {tok.vocab_size} "
+                          "(model.overrides.vocab_size)")
     named = {"[CLS]": tok.cls_id, "[SEP]": tok.sep_id, "[PAD]": tok.pad_id, "[MASK]": tok.mask_id}
-    outside = {k: v for k, v in named.items() if not 0 <= v < mcfg.vocab_size}
+    outside = {k: v for k, v in named.items() if not 0 <= v < model_cfg.vocab_size}
     if outside:
         raise ConfigError(f"{tokenizer}: special token id(s) {outside} are outside the model's vocabulary "
-                          f"[0, {mcfg.vocab_size})")
-    if random_token_high is not None and random_token_high > mcfg.vocab_size:
+                          f"[0, {model_cfg.vocab_size})")
+    if random_token_high is not None and random_token_high > model_cfg.vocab_size:
         raise ConfigError(f"data.random_token_high: {random_token_high} exceeds the model's vocab_size "
-                          f"({mcfg.vocab_size})")
+                          f"({model_cfg.vocab_size})")
 
 
 def _model_settings(hf: dict[str, Any], source: str) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def has_checkpoints(run_dir: Path) -> bool:
     return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
 
-def check_resume(run_dir: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
+def check_resume(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig) -> None:
     """A run directory with checkpoints resumes only with its own model and data settings (and tokenizer)."""
 
     config = run_dir / "config.json"
@@ -95,7 +96,7 @@ def check_resume(run_dir: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
                           "that the resumed run is the same model (restore config.json or use a new run_dir)")
     saved = read_json(config, ConfigError, "the run's HF config.json")
     saved_model = _model_settings(saved, str(config))
-    new_model = _model_settings(mcfg.to_hf_dict(), "the new model config")
+    new_model = _model_settings(model_cfg.to_hf_dict(), "the new model config")
     saved_data = None
     run_yaml = run_dir / "train_config.yaml"
     if run_yaml.is_file():
@@ -116,19 +117,19 @@ def check_resume(run_dir: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
                           "or the run's own settings from its train_config.yaml)")
 
 
-def check_run(cfg: TrainConfig, mcfg: ModelConfig) -> TokenizerInfo | None:
+def check_run(cfg: TrainConfig, model_cfg: ModelConfig) -> TokenizerInfo | None:
     """Every check train.py makes before it builds, reads or writes anything; returns the tokenizer it loaded."""
     from bcmb_jax.data.tokenizer import load_tokenizer
 
-    check_seq_len(cfg.data.seq_len, mcfg)
+    check_seq_len(cfg.data.seq_len, model_cfg)
     tok = load_tokenizer(cfg.data.tokenizer, cfg.data.prefix_space, mask_token_id=cfg.data.mask_token_id,
                          pad_token_id=cfg.data.pad_token_id)
-    check_vocabulary(mcfg, tok, cfg.data.tokenizer, cfg.data.random_token_high)
+    check_vocabulary(model_cfg, tok, cfg.data.tokenizer, cfg.data.random_token_high)
     if not cfg.data.sources:
         raise DataError("data.sources is empty (expected at least one source with `paths`)")
     for src in cfg.data.sources:
         expand_paths(src)
-    check_resume(Path(cfg.run_dir), cfg, mcfg)
+    check_resume(Path(cfg.run_dir), cfg, model_cfg)
     return tok
 
 

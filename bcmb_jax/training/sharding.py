@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bcmb_jax.errors import ConfigError
 from bcmb_jax.runconfig import opt
@@ -48,11 +47,11 @@ RULES: dict[str, str | None] = {
 }
 
 
-def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+def make_mesh(mesh_cfg: MeshConfig, devices: list | None = None) -> Mesh:
     """A ('data', 'fsdp') mesh over all devices; one size may be -1 (the rest)."""
     devices = devices or jax.devices()
     n = len(devices)
-    sizes = [cfg.data, cfg.fsdp]
+    sizes = [mesh_cfg.data, mesh_cfg.fsdp]
     if sizes.count(-1) > 1:
         raise ConfigError("mesh: at most one of `mesh.data`, `mesh.fsdp` may be -1")
     known = int(np.prod([s for s in sizes if s != -1]))
@@ -67,21 +66,21 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
 
 
 def spec_for(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh,
-             rules: dict[str, str | None] | None = None) -> P:
+             rules: dict[str, str | None] | None = None) -> PartitionSpec:
     """PartitionSpec for an array with these logical axes; vectors and dimensions that do not divide stay whole."""
     rules = {**RULES, **(rules or {})}
     unknown = sorted({a for a in axes if a is not None and a not in rules})
     if unknown:
         raise ConfigError(f"mesh.rules: unknown logical axes {unknown}; known: {sorted(RULES)}")
     if len(shape) < 2:
-        return P()
+        return PartitionSpec()
     out: list[str | None] = []
     for name, size in zip(axes, shape):
         axis = rules.get(name) if name else None
         if axis is not None and (size % mesh.shape[axis] or axis in out):
             axis = None
         out.append(axis)
-    return P(*out)
+    return PartitionSpec(*out)
 
 
 def param_specs(params: dict, axes: dict, mesh: Mesh, rules: dict[str, str | None] | None = None) -> dict:
@@ -93,18 +92,18 @@ def param_specs(params: dict, axes: dict, mesh: Mesh, rules: dict[str, str | Non
 def param_shardings(params: dict, axes: dict, mesh: Mesh, rules: dict[str, str | None] | None = None) -> dict:
     """NamedShardings for a parameter tree, from its axes tree."""
     return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, axes, mesh, rules),
-                        is_leaf=lambda s: isinstance(s, P))
+                        is_leaf=lambda s: isinstance(s, PartitionSpec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, row_axis: int = 0) -> NamedSharding:
     """Rows split over ('data', 'fsdp'); every other dimension whole."""
     spec = [None] * ndim
     spec[row_axis] = BATCH_AXES
-    return NamedSharding(mesh, P(*spec))
+    return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh, row_axis: int = 0) -> dict[str, jax.Array]:
@@ -134,16 +133,16 @@ def _launched_by_cluster() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
 
 
-def init_distributed(cfg: DistributedConfig) -> None:
+def init_distributed(dist: DistributedConfig) -> None:
     """Calls `jax.distributed.initialize()` when configured (or, in `auto`, when a cluster launched us)."""
-    enabled = str(cfg.enabled).lower()
+    enabled = str(dist.enabled).lower()
     if enabled not in ("auto", "true", "false"):
-        raise ConfigError(f"distributed.enabled must be auto | true | false, got {cfg.enabled!r}")
-    explicit = cfg.coordinator is not None or cfg.num_processes is not None
+        raise ConfigError(f"distributed.enabled must be auto | true | false, got {dist.enabled!r}")
+    explicit = dist.coordinator is not None or dist.num_processes is not None
     if enabled == "false" or (enabled == "auto" and not explicit and not _launched_by_cluster()):
         return
-    kwargs = {k: v for k, v in dict(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes,
-                                    process_id=cfg.process_id, local_device_ids=cfg.local_devices).items()
+    kwargs = {k: v for k, v in dict(coordinator_address=dist.coordinator, num_processes=dist.num_processes,
+                                    process_id=dist.process_id, local_device_ids=dist.local_devices).items()
               if v is not None}
     jax.distributed.initialize(**kwargs)
     log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),

@@ -23,36 +23,37 @@ from bcmb_jax.weights import directories, pretrained
 # Model and state
 
 
-def model_config(cfg: TrainConfig) -> ModelConfig:
+def run_model_config(cfg: TrainConfig) -> ModelConfig:
     if cfg.model.init:
-        mcfg, _ = pretrained.model_config(cfg.model.init)
+        model_cfg, _ = pretrained.read_model_config(cfg.model.init)
     elif cfg.model.config:
-        mcfg = ModelConfig.from_json(cfg.model.config)
+        model_cfg = ModelConfig.from_json(cfg.model.config)
     else:
-        mcfg = ModelConfig()
+        model_cfg = ModelConfig()
     if cfg.model.overrides:
-        base = mcfg.to_hf_dict()
+        base = model_cfg.to_hf_dict()
         if "num_hidden_layers" in cfg.model.overrides and "layer_types" not in cfg.model.overrides:
             base.pop("layer_types")  # re-derived from global_attn_every_n_layers for the new depth
-        mcfg = ModelConfig.from_hf_dict({**base, **cfg.model.overrides}, source="model.overrides")
-    return mcfg
+        model_cfg = ModelConfig.from_hf_dict({**base, **cfg.model.overrides}, source="model.overrides")
+    return model_cfg
 
 
-def init_model(cfg: TrainConfig, mcfg: ModelConfig):
+def init_model(cfg: TrainConfig, model_cfg: ModelConfig):
     """The MLM model (train mode): weights from `model.init` (a run dir, JAX or HF checkpoint) or random from `seed`."""
     dtype = jnp.dtype(cfg.model.compute_dtype)
     if cfg.model.init:
         model = pretrained.from_pretrained(cfg.model.init, task="mlm", dtype=dtype, seed=cfg.seed,
-                                           remat=cfg.model.remat, config_overrides=_overrides(cfg, mcfg),
+                                           remat=cfg.model.remat, config_overrides=_overrides(cfg, model_cfg),
                                            runtime=cfg.model.attention_backend)
         model.train()
         return model
-    return build(mcfg, "mlm", seed=cfg.seed, dtype=dtype, remat=cfg.model.remat, runtime=cfg.model.attention_backend)
+    return build(model_cfg, "mlm", seed=cfg.seed, dtype=dtype, remat=cfg.model.remat,
+                 runtime=cfg.model.attention_backend)
 
 
-def _overrides(cfg: TrainConfig, mcfg: ModelConfig) -> dict:
+def _overrides(cfg: TrainConfig, model_cfg: ModelConfig) -> dict:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return {k: getattr(mcfg, k) for k in cfg.model.overrides if k in known}
+    return {k: getattr(model_cfg, k) for k in cfg.model.overrides if k in known}
 
 
 def initial_moments(cfg: TrainConfig, params: dict) -> tuple | None:

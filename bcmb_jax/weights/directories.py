@@ -99,8 +99,22 @@ def read_config(where: Located) -> tuple[ModelConfig, dict[str, Any]]:
 
 
 def tokenizer_files(directory: str | Path) -> dict[str, Path]:
+    """{name: path} of the tokenizer files (`TOKENIZER_FILES`) a directory holds."""
     d = Path(directory)
     return {n: d / n for n in TOKENIZER_FILES if (d / n).is_file()}
+
+
+def tokenizer_texts(directory: str | Path) -> dict[str, str]:
+    """{name: text} of the tokenizer files a directory holds (what `write_jax_dir` writes beside params/)."""
+    return {n: p.read_text(encoding="utf-8") for n, p in tokenizer_files(directory).items()}
+
+
+def copy_tokenizer(directory: str | Path, out: str | Path) -> list[str]:
+    """Copies the tokenizer files of `directory` into the directory `out` (which exists); returns their names."""
+    files = tokenizer_files(directory)
+    for name, src in files.items():
+        (Path(out) / name).write_bytes(src.read_bytes())
+    return sorted(files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,5 +153,5 @@ def load_moments(directory: str | Path, params_abstract: dict) -> tuple[int, dic
     return int(tree["count"]), tree["mu"], tree["nu"], info
 
 
-__all__ = ["locate", "Located", "read_config", "tokenizer_files", "run_steps", "is_run_dir", "write_jax_dir",
-           "load_moments"]
+__all__ = ["locate", "Located", "read_config", "tokenizer_files", "tokenizer_texts", "copy_tokenizer", "run_steps",
+           "is_run_dir", "write_jax_dir", "load_moments"]

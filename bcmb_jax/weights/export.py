@@ -22,7 +22,7 @@ from bcmb_jax.atomic import atomic, read_json
 from bcmb_jax.errors import ConversionError, WeightsError
 from bcmb_jax.modeling.config import ModelConfig
 from bcmb_jax.modeling.heads import HEADS
-from bcmb_jax.weights import composer, directories, hf_files, keymap, pretrained, trees
+from bcmb_jax.weights import composer, directories, hf_files, keymap, model_card, pretrained, trees
 
 DTYPES = ("float32", "bfloat16")
 PROGRESS_BYTES = 64 << 20  # show a progress bar from this checkpoint size on
@@ -101,10 +101,6 @@ def _check_dtype(dtype: str | None) -> None:
         raise ConversionError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
 
 
-def _tokenizer_texts(directory: Path) -> dict[str, str]:
-    return {n: p.read_text(encoding="utf-8") for n, p in directories.tokenizer_files(directory).items()}
-
-
 def _moment_tree(sd: dict[str, np.ndarray], cfg: ModelConfig, task: str, name: str) -> dict:
     """HF-named optimizer moments -> a float32 tree in the parameters' form."""
     tree, report = keymap.hf_to_nnx(sd, cfg, task, source=f"optimizer {name}")
@@ -118,6 +114,86 @@ def _num_params(tree) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # HF / Composer -> JAX
+
+
+@dataclass
+class _Source:
+    """What a reader found: HF-named tensors, the config, the tokenizer and (Composer) the moments."""
+
+    kind: str  # "Composer checkpoint" | "HF directory" | "HF hub"
+    cfg: ModelConfig
+    task: str  # the head the source carries
+    state_dict: dict[str, np.ndarray]
+    dropped: list[str]
+    tokenizer: dict[str, str]
+    info: dict[str, Any]  # recorded in config.json's "bcmb_jax" source entry
+    moments: composer.Moments | None = None
+
+
+def _tokenizer_option(tokenizer: str | Path | None) -> dict[str, str] | None:
+    """The files of `--tokenizer DIR`, which must hold a tokenizer.json; None when not given."""
+    if tokenizer is None:
+        return None
+    texts = directories.tokenizer_texts(Path(tokenizer))
+    if "tokenizer.json" not in texts:
+        raise ConversionError(f"{tokenizer}: --tokenizer holds no tokenizer.json (found: {sorted(texts) or 'no files'}"
+                              "); expected a tokenizer directory as transformers saves it")
+    return texts
+
+
+def _read_composer(path: Path, override: dict, tokenizer: dict[str, str] | None, optimizer_state: bool,
+                   task: str | None) -> _Source:
+    ck = composer.read_checkpoint(path)
+    texts = ck.tokenizer if tokenizer is None else tokenizer
+    if ck.flex_config is None and not override:
+        raise ConversionError(f"{path}: has no embedded model config (state['integrations']['huggingface']); "
+                              "pass one with --config CONFIG.json")
+    ids = composer.special_ids_from_tokenizer(texts)
+    raw = ids if ck.flex_config is None else composer.hf_config_from_flexbert(
+        ck.flex_config, source=f"{path} (embedded FlexBERT config)", special_ids=ids or None)
+    cfg = ModelConfig.from_hf_dict({**raw, **override},
+                                   source=f"{path} (embedded config{' + --config' if override else ''})")
+    moments = None
+    if optimizer_state:
+        if ck.optimizer is None:
+            raise ConversionError(f"{path}: --optimizer-state, but the checkpoint has no optimizer state")
+        if (task or "mlm") != "mlm":
+            raise ConversionError("--optimizer-state needs --task mlm (the pretraining model's parameters)")
+        moments = composer.moments_from_optimizer(ck.optimizer, cfg, "mlm", f"{path} optimizer", ck.optimizer_name)
+    info = {"path": str(path), "kind": "composer", "run_name": ck.run_name, "timestamp": ck.timestamp}
+    return _Source("Composer checkpoint", cfg, "mlm", ck.state_dict, list(ck.dropped), texts, info, moments)
+
+
+def _read_hf(src: str | Path, override: dict, tokenizer: dict[str, str] | None, optimizer_state: bool) -> _Source:
+    if optimizer_state:
+        raise ConversionError("--optimizer-state: only Composer checkpoints (.pt) carry optimizer state")
+    directory = pretrained.local_directory(src)
+    if list(directory.glob("*.distcp")):
+        raise ConversionError(f"{directory}: a sharded (torch.distributed) Composer checkpoint; save or "
+                              "consolidate a monolithic .pt checkpoint and convert that")
+    where = directories.locate(directory)
+    if where.params is not None:
+        raise ConversionError(f"{directory}: already a JAX checkpoint ({where.kind}); use to-hf, or "
+                              "bcmb_jax.from_pretrained to load it")
+    raw = {**read_json(where.config, ConversionError, "an HF config.json"), **override}
+    cfg = ModelConfig.from_hf_dict(raw, source=str(where.config) + (" + --config" if override else ""))
+    local = Path(src).is_dir()
+    texts = directories.tokenizer_texts(directory) if tokenizer is None else tokenizer
+    return _Source("HF directory" if local else "HF hub", cfg, pretrained.infer_task(raw, None),
+                   hf_files.read_hf_weights(directory), [], texts, {"path": str(src), "kind": "hf" if local else "hub"})
+
+
+def _params_tree(source: _Source, task: str, name: str, progress: bool) -> tuple[dict, list[str]]:
+    """The source's tensors as the `task` model's parameter tree; (tree, tensors left out)."""
+    sd = _materialize(source.state_dict, "reading", progress)
+    tree, report = keymap.hf_to_nnx(sd, source.cfg, task, source=name)
+    if report.missing:
+        raise WeightsError(f"{name}: the checkpoint lacks tensors the {task!r} model needs: {report.missing}")
+    other_heads = [k for k in report.unexpected if k.startswith(HEAD_PREFIXES) and task != source.task]
+    unexpected = [k for k in report.unexpected if k not in other_heads]
+    if unexpected:
+        raise WeightsError(f"{name}: unexpected tensors (not part of a ModernBERT {task!r} model): {unexpected}")
+    return tree, source.dropped + other_heads
 
 
 def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: str | None = None,
@@ -136,91 +212,40 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
     _check_dtype(dtype)
     if task is not None and task not in HEADS:
         raise ConversionError(f"--task must be one of {sorted(HEADS)}, got {task!r}")
-    src_path = Path(src)
+    path = Path(src)
+    if not path.exists() and path.suffix in (".pt", ".ckpt", ".bin", ".safetensors", ".json"):
+        raise ConversionError(f"{path}: no such file (expected a Composer .pt checkpoint or an HF directory)")
     override = read_json(config, ConversionError, "an HF config.json") if config is not None else {}
-    tok_texts = _tokenizer_texts(Path(tokenizer)) if tokenizer is not None else None
-    if tokenizer is not None and not tok_texts:
-        raise ConversionError(f"{tokenizer}: no tokenizer files ({', '.join(directories.TOKENIZER_FILES)})")
-    moments = None
-    source_info: dict[str, Any] = {"path": str(src)}
-
-    if src_path.is_file() and src_path.suffix in (".safetensors", ".bin", ".json"):
-        raise ConversionError(f"{src_path}: pass the HF directory that holds this file (with its config.json)")
-    if src_path.is_file():
-        kind = "Composer checkpoint"
-        ck = composer.read_checkpoint(src_path)
-        if tok_texts is None:
-            tok_texts = ck.tokenizer
-        if ck.flex_config is None and not override:
-            raise ConversionError(f"{src_path}: has no embedded model config (state['integrations']['huggingface']"
-                                  "); pass one with --config CONFIG.json")
-        ids = composer.special_ids_from_tokenizer(tok_texts)
-        if ck.flex_config is not None:
-            raw = composer.hf_config_from_flexbert(ck.flex_config, source=f"{src_path} (embedded FlexBERT config)",
-                                            special_ids=ids or None)
-        else:
-            raw = ids
-        raw = {**raw, **override}
-        cfg = ModelConfig.from_hf_dict(raw, source=f"{src_path} (embedded config{' + --config' if override else ''})")
-        src_task = "mlm"
-        sd, dropped = ck.state_dict, list(ck.dropped)
-        source_info.update(kind="composer", run_name=ck.run_name, timestamp=ck.timestamp)
-        if optimizer_state:
-            if ck.optimizer is None:
-                raise ConversionError(f"{src_path}: --optimizer-state, but the checkpoint has no optimizer state")
-            if (task or src_task) != "mlm":
-                raise ConversionError("--optimizer-state needs --task mlm (the pretraining model's parameters)")
-            moments = composer.moments_from_optimizer(ck.optimizer, cfg, "mlm", f"{src_path} optimizer",
-                                               ck.optimizer_name)
-    else:
-        if optimizer_state:
-            raise ConversionError("--optimizer-state: only Composer checkpoints (.pt) carry optimizer state")
-        directory = pretrained.resolve(src)
-        if list(directory.glob("*.distcp")):
-            raise ConversionError(f"{directory}: a sharded (torch.distributed) Composer checkpoint; save or "
-                                  "consolidate a monolithic .pt checkpoint and convert that")
-        where = directories.locate(directory)
-        if where.params is not None:
-            raise ConversionError(f"{directory}: already a JAX checkpoint ({where.kind}); use to-hf, or "
-                                  "bcmb_jax.from_pretrained to load it")
-        kind = "HF directory" if src_path.is_dir() else "HF hub"
-        raw = {**read_json(where.config, ConversionError, "an HF config.json"), **override}
-        cfg = ModelConfig.from_hf_dict(raw, source=str(where.config) + (" + --config" if override else ""))
-        src_task = pretrained.infer_task(raw, None)
-        sd, dropped = hf_files.read_hf_weights(directory), []
-        if tok_texts is None:
-            tok_texts = _tokenizer_texts(directory)
-        source_info.update(kind="hf" if src_path.is_dir() else "hub")
-
-    task = task or src_task
-    source = str(src)
-    sd = _materialize(sd, "reading", progress)
-    tree, report = keymap.hf_to_nnx(sd, cfg, task, source=source)
-    if report.missing:
-        raise WeightsError(f"{source}: the checkpoint lacks tensors the {task!r} model needs: {report.missing}")
-    other_heads = [k for k in report.unexpected if k.startswith(HEAD_PREFIXES) and task != src_task]
-    unexpected = [k for k in report.unexpected if k not in other_heads]
-    if unexpected:
-        raise WeightsError(f"{source}: unexpected tensors (not part of a ModernBERT {task!r} model): {unexpected}")
-    dropped += other_heads
-    source_dtype = _dtype_of(sd.values())
+    texts = _tokenizer_option(tokenizer)
+    if path.is_file() and path.suffix in (".safetensors", ".bin", ".json"):
+        raise ConversionError(f"{path}: pass the HF directory that holds this file (with its config.json)")
+    source = (_read_composer(path, override, texts, optimizer_state, task) if path.is_file()
+              else _read_hf(src, override, texts, optimizer_state))
+    task = task or source.task
+    tree, dropped = _params_tree(source, task, str(src), progress)
+    source_dtype = _dtype_of(source.state_dict.values())
     dtype = dtype or source_dtype
     tree = _cast(tree, dtype)
-    source_info.update(dtype=source_dtype, converted=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                       tool="convert_weights.py to-jax")
-
-    moment_trees = None
-    if moments is not None:
-        mu, nu = (_moment_tree(m, cfg, task, name) for m, name in ((moments.exp_avg, "exp_avg"),
-                                                                  (moments.exp_avg_sq, "exp_avg_sq")))
-        moment_trees = (moments.step, mu, nu, dict(moments.hparams, missing_state=moments.missing))
-    config = pretrained.jax_config(cfg, task, dtype, source=source_info)
+    info = {**source.info, "dtype": source_dtype, "tool": "convert_weights.py to-jax",
+            "converted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    moments, opt_info = None, None
+    if source.moments is not None:
+        m = source.moments
+        mu, nu = (_moment_tree(x, source.cfg, task, name) for x, name in ((m.exp_avg, "exp_avg"),
+                                                                        (m.exp_avg_sq, "exp_avg_sq")))
+        opt_info = dict(m.hparams, missing_state=m.missing)
+        moments = (m.step, mu, nu, opt_info)
+    outside = source.cfg.special_ids_outside_vocabulary()
+    if outside:
+        raise ConversionError(f"{src}: special-token ids {outside} are outside its vocabulary of "
+                              f"{source.cfg.vocab_size} (ModernBERT's defaults; the source says none), and "
+                              "transformers would refuse the export; pass the run's tokenizer with --tokenizer DIR, "
+                              "or the ids with --config CONFIG.json")
     with atomic(out, overwrite) as tmp:
-        directories.write_jax_dir(tmp, tree, config, texts=tok_texts, moments=moment_trees)
-    out = Path(out)
-    opt_info = dict(moments.hparams, missing_state=moments.missing) if moments is not None else None
-    return Result(source, kind, out, task, dtype, cfg, len(jax.tree.leaves(tree)), _num_params(tree),
-                  sorted(tok_texts or {}), dropped, opt_info, time.time() - t0)
+        directories.write_jax_dir(tmp, tree, pretrained.jax_config(source.cfg, task, dtype, source=info),
+                                  texts=source.tokenizer, moments=moments)
+    return Result(str(src), source.kind, Path(out), task, dtype, source.cfg, len(jax.tree.leaves(tree)),
+                  _num_params(tree), sorted(source.tokenizer or {}), dropped, opt_info, time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +295,6 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
     sd = {k: _cast(sd[k], dtype) for k in _progress(list(sd), total, "converting", progress)}
     if task == "base":  # HF ModernBertModel names its tensors without the `model.` prefix
         sd = {k[len("model."):]: v for k, v in sd.items()}
-    files = directories.tokenizer_files(where.tokenizer) if where.tokenizer else {}
     hf_config = cfg.to_hf_dict(HEADS[task].hf_architecture)
     hf_config["dtype"] = hf_config["torch_dtype"] = dtype
     kind = {"jax": "JAX directory", "run": f"train run, step {where.step}", "step": f"train step {where.step}"}
@@ -283,101 +307,11 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
         tmp.mkdir(parents=True)
         hf_files.write_safetensors(sd, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        for name, path in files.items():
-            (tmp / name).write_bytes(path.read_bytes())
-        (tmp / "README.md").write_text(model_card(cfg, task, num_params, produced, out_name=Path(out).name))
+        files = directories.copy_tokenizer(where.tokenizer, tmp) if where.tokenizer else []
+        (tmp / "README.md").write_text(model_card.model_card(cfg, task, num_params, produced, out_name=Path(out).name))
     out = Path(out)
-    return Result(str(src_path), kind[where.kind], out, task, dtype, cfg, len(sd), num_params, sorted(files),
+    return Result(str(src_path), kind[where.kind], out, task, dtype, cfg, len(sd), num_params, files,
                   dropped, None, time.time() - t0)
 
 
-def model_card(cfg: ModelConfig, task: str, num_params: int, produced: dict[str, Any], out_name: str) -> str:
-    """README.md for an exported HF directory: what it is, its config, how it was made, how to load it."""
-    arch = HEADS[task].hf_architecture
-    auto = HEADS[task].auto_class
-    n_global = sum(cfg.is_global(i) for i in range(cfg.num_hidden_layers))
-    origin = produced.get("origin") or {}
-    origin_line = ""
-    if origin:
-        kinds = {"hf": "HF directory", "hub": "HF hub", "composer": "Composer checkpoint"}
-        origin_line = (f"- original source: `{origin.get('path')}` ({kinds.get(origin.get('kind'), origin.get('kind'))}"
-                       f", {origin.get('dtype')}), converted to JAX {origin.get('converted', '?')}")
-        if origin.get("timestamp"):
-            ts = origin["timestamp"]
-            origin_line += f"; Composer timestamp batch {ts.get('batch')}, token {ts.get('token')}"
-        origin_line += "\n"
-    rows = [("architecture", arch), ("parameters", f"{num_params:,}"),
-            ("layers / hidden / heads", f"{cfg.num_hidden_layers} / {cfg.hidden_size} / {cfg.num_attention_heads}"),
-            ("GeGLU width", cfg.intermediate_size), ("vocabulary", cfg.vocab_size),
-            ("attention", f"{n_global} global layers (RoPE theta {cfg.global_rope_theta:g}), "
-                          f"{cfg.num_hidden_layers - n_global} local (window {cfg.local_attention}, theta "
-                          f"{cfg.local_rope_theta:g})"),
-            ("max positions", cfg.max_position_embeddings), ("norm eps", cfg.norm_eps),
-            ("dtype", produced["dtype"])]
-    if task in ("sequence", "token"):
-        rows += [("labels", ", ".join(cfg.labels)), ("pooling", cfg.classifier_pooling if task == "sequence" else "-")]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    usage_tf = {
-        "mlm": f'fill = pipeline("fill-mask", model="{out_name}")\nprint(fill("The patient was given [MASK]."))',
-        "sequence": f'clf = pipeline("text-classification", model="{out_name}")\nprint(clf("No acute distress."))',
-        "token": f'ner = pipeline("token-classification", model="{out_name}")\nprint(ner("Seen by Dr. Smith."))',
-        "base": f'tok = AutoTokenizer.from_pretrained("{out_name}")\n'
-                f'model = {auto}.from_pretrained("{out_name}")\n'
-                'hidden = model(**tok("No acute distress.", return_tensors="pt")).last_hidden_state',
-    }[task]
-    return f"""---
-library_name: transformers
-pipeline_tag: {HEADS[task].pipeline_tag}
-tags:
-- modernbert
-- bcmb-jax
----
-
-# {out_name}
-
-A ModernBERT model ({arch}, {num_params:,} parameters) exported from a bcmb-jax (JAX/Flax NNX)
-checkpoint. The weights are those of the checkpoint, unchanged; the masked-LM decoder is tied to the
-token embeddings and stored once.
-
-## Configuration
-
-| setting | value |
-|---|---|
-{table}
-
-## How it was produced
-
-- tool: bcmb-jax `convert_weights.py to-hf` ({_version()}), {produced['date']}
-- source: `{produced['source']}` ({produced['source_kind']}), stored as {produced['dtype']}
-{origin_line}
-## Loading
-
-With transformers (4.48 or newer):
-
-```python
-from transformers import AutoTokenizer, {auto}, pipeline
-
-model = {auto}.from_pretrained("{out_name}")
-{usage_tf}
-```
-
-With bcmb-jax:
-
-```python
-import bcmb_jax
-
-model = bcmb_jax.from_pretrained("{out_name}")  # task "{task}"
-```
-"""
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return "version " + version("bcmb-jax")
-    except PackageNotFoundError:
-        return "source checkout"
-
-
-__all__ = ["to_jax", "to_hf", "model_card", "Result", "DTYPES"]
+__all__ = ["to_jax", "to_hf", "Result", "DTYPES"]

@@ -6,10 +6,11 @@ Pickled `.bin` files are read through `torch_files.safe_load`, which never runs 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bcmb_jax.atomic import read_json
+from bcmb_jax.atomic import atomic, read_json
 from bcmb_jax.errors import WeightsError
 
 # ---------------------------------------------------------------------------------------------
@@ -61,3 +62,23 @@ def write_safetensors(sd: dict[str, np.ndarray], path: str | Path) -> None:
 
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(path), metadata={"format": "pt"})
 HF_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def write_random_model(tokenizer_dir: str | Path, config: dict[str, Any], out: str | Path, seed: int = 0) -> int:
+    """Writes a randomly initialised HF `ModernBertForMaskedLM` with the tokenizer beside it to `out` (replaced
+    atomically); returns its number of parameters. `config`: ModernBertConfig keys (shape, pooling, ...); the
+    vocabulary size and special ids come from the tokenizer."""
+    import torch
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cfg = tf.ModernBertConfig(**{"classifier_pooling": "mean", **config, "vocab_size": len(tok),
+                                 "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
+                                 "sep_token_id": tok.sep_token_id, "bos_token_id": tok.cls_token_id,
+                                 "eos_token_id": tok.sep_token_id})
+    torch.manual_seed(seed)
+    model = tf.ModernBertForMaskedLM(cfg)
+    with atomic(out, overwrite=True) as tmp:  # an incomplete leftover is replaced
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return sum(p.numel() for p in model.parameters())

@@ -4,7 +4,7 @@
 Each row: (HF name, NNX path, kind, logical axes). `{i}` expands to layer numbers; rows whose
 condition is false for a config (layer 0 has no attn_norm; biases that are off) are skipped.
 Kinds: "linear" (PyTorch [out, in] -> kernel [in, out], a transpose), "copy" (same layout).
-The logical axes name what each dimension of the JAX array is, and fix its size (`AXIS_SIZES`);
+The logical axes name what each dimension of the JAX array is, and fix its size (`AXIS_KEYS`);
 `training/sharding.py` maps them to mesh axes:
 
     vocab   the vocabulary                    embed   the hidden size (the residual stream)

@@ -23,10 +23,11 @@ from bcmb_jax.errors import ConfigError, WeightsError
 from bcmb_jax.modeling.config import ModelConfig
 from bcmb_jax.modeling.heads import BY_ARCHITECTURE, HEADS
 from bcmb_jax.modeling.model import build
+from bcmb_jax.modeling.state import split_model
 from bcmb_jax.weights import directories, hf_files, keymap, trees
 
 
-def resolve(path_or_id: str | Path) -> Path:
+def local_directory(path_or_id: str | Path) -> Path:
     """A local directory as is; otherwise an HF hub id downloaded (honours HF_HUB_OFFLINE)."""
     p = Path(path_or_id)
     if p.is_dir():
@@ -48,7 +49,7 @@ def resolve(path_or_id: str | Path) -> Path:
 def infer_task(raw: dict[str, Any], task: str | None) -> str:
     if task is not None:
         if task not in HEADS:
-            raise ValueError(f"unknown task {task!r}; expected one of {sorted(HEADS)}")
+            raise ConfigError(f"unknown task {task!r}; expected one of {sorted(HEADS)}")
         return task
     if "bcmb_jax" in raw:
         return raw["bcmb_jax"]["task"]
@@ -58,15 +59,14 @@ def infer_task(raw: dict[str, Any], task: str | None) -> str:
     return "mlm"
 
 
-def model_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+def read_model_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     """(ModelConfig, raw config.json) of any checkpoint form or hub id."""
-    return directories.read_config(directories.locate(resolve(path)))
+    return directories.read_config(directories.locate(local_directory(path)))
 
 
 def abstract_model(cfg: ModelConfig, task: str, **build_kwargs) -> tuple[nnx.GraphDef, dict, nnx.State]:
     """(graphdef, parameters as a pure dict of ShapeDtypeStructs, abstract other state) without computing."""
-    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: build(cfg, task, **build_kwargs)), nnx.Param, ...)
-    return graphdef, nnx.to_pure_dict(params), rest
+    return split_model(nnx.eval_shape(lambda: build(cfg, task, **build_kwargs)))
 
 
 def fresh_state(cfg: ModelConfig, task: str, paths: list[tuple], **build_kwargs) -> tuple[dict, nnx.State]:
@@ -75,8 +75,8 @@ def fresh_state(cfg: ModelConfig, task: str, paths: list[tuple], **build_kwargs)
     Jitted, so only what is returned is computed (not the whole random init).
     """
     def init():
-        _, params, rest = nnx.split(build(cfg, task, **build_kwargs), nnx.Param, ...)
-        flat = flatten_dict(nnx.to_pure_dict(params))
+        _, params, rest = split_model(build(cfg, task, **build_kwargs))
+        flat = flatten_dict(params)
         return unflatten_dict({p: flat[p] for p in paths}), rest
 
     return jax.jit(init)()
@@ -95,7 +95,7 @@ def from_pretrained(path: str | Path, task: str | None = None, dtype: Any = jnp.
     returns (model, LoadReport) - the HF names the checkpoint lacked and those it had unused. `runtime`: how the model
     computes (`runtime.Runtime` or an attention backend name: "blocked" | "gpu" | "reference").
     """
-    where = directories.locate(resolve(path))
+    where = directories.locate(local_directory(path))
     cfg, raw = directories.read_config(where)
     task = infer_task(raw, task)
     if num_labels is not None and num_labels != cfg.num_labels:
@@ -147,13 +147,12 @@ def jax_config(cfg: ModelConfig, task: str, dtype: str, **extra) -> dict[str, An
 def save_jax(model, out: str | Path, *, dtype: str = "float32", tokenizer_dir: str | Path | None = None,
              overwrite: bool = False) -> Path:
     """Saves an NNX model as a JAX checkpoint directory, atomically (temp sibling, then rename)."""
-    tree = params_as(nnx.to_pure_dict(nnx.state(model, nnx.Param)), dtype)
-    texts = {n: p.read_text(encoding="utf-8") for n, p in directories.tokenizer_files(tokenizer_dir).items()} \
-        if tokenizer_dir else {}
+    tree = params_as(split_model(model)[1], dtype)
+    texts = directories.tokenizer_texts(tokenizer_dir) if tokenizer_dir else {}
     with atomic(out, overwrite) as tmp:
         directories.write_jax_dir(tmp, tree, jax_config(model.cfg, model.task, dtype), texts=texts)
     return Path(out)
 
 
-__all__ = ["from_pretrained", "save_jax", "model_config", "abstract_model", "fresh_state", "resolve",
-           "infer_task", "jax_config", "params_as", "ConfigError"]
+__all__ = ["from_pretrained", "save_jax", "read_model_config", "abstract_model", "fresh_state", "local_directory",
+           "infer_task", "jax_config", "params_as"]

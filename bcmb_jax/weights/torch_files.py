@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import pickletools
+import re
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -128,12 +129,19 @@ def safe_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except wou.UnpicklingError as e:
-        from bcmb_jax.cli import refusal
-
         raise WeightsError(f"{path}: {refusal(str(e))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         msg = " ".join(str(e).split())[:300]
         raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({msg}); truncated or corrupt?") from None
+
+
+def refusal(torch_message: str) -> str:
+    """Why a `weights_only` load was refused: the globals the pickle asked for, not torch's advice to turn
+    the check off."""
+    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", torch_message)))
+    what = f"it asks for {', '.join(found)}" if found else "it asks for objects"
+    return (f"refused to unpickle: {what}, outside the safe allow-list (tensors and plain containers); "
+            "nothing in it was executed")
 
 
 def is_tensor(x: Any) -> bool:

@@ -126,7 +126,7 @@ def test_bad_input_gives_one_line_errors(tiny, tmp_path, capsys):
     assert "dev.txt:2" in error("--task", "conll", "--data", bad)
     assert "unknown key(s) ['colour']" in error("--task", "csv", "--data", tiny["csv"], "colour=red")
     assert "must be >= 1" in error("--task", "csv", "--data", tiny["csv"], "batch_size=0")
-    assert "model directory does not exist" in error("--task", "csv", "--data", tiny["csv"], "--model",
+    assert "no such directory" in error("--task", "csv", "--data", tiny["csv"], "--model",
                                                      tmp_path / "missing")
     assert "unknown task" in error("--task", "nope", "--data", tiny["csv"])
     assert "--seeds" in error("--task", "csv", "--data", tiny["csv"], "--seeds", "1,x")

@@ -6,8 +6,8 @@ import numpy as np
 from conftest import TINY_MODEL
 
 from bcmb_jax.evaluation import jax_backend
-from bcmb_jax.evaluation.metrics import IGNORE
 from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.modeling.heads import IGNORE
 
 
 def test_packed_training_loss_and_predictions_equal_unpacked_runs():

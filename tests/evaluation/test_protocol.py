@@ -10,7 +10,14 @@ from conftest import TINY_MODEL, hf_model
 from bcmb_jax.errors import ConfigError
 from bcmb_jax.evaluation import encoding, paper
 from bcmb_jax.evaluation.encoding import TextEncoder
-from bcmb_jax.evaluation.protocol import FinetuneConfig, epoch_batches, fit, head_init, max_length_for, resolve
+from bcmb_jax.evaluation.protocol import (
+    FinetuneConfig,
+    epoch_batches,
+    fit,
+    head_init,
+    max_length_for,
+    resolve_hyperparameters,
+)
 from bcmb_jax.modeling.config import ModelConfig
 
 
@@ -34,7 +41,7 @@ def test_defaults_are_the_papers():
     ("social_history", 768, 1.5e-4, "base"), ("social_history", 1024, 2e-4, "large"),
     ("deid", 768, 7e-5, "base"), ("deid", 1024, 7e-5, "large")])
 def test_table5_learning_rate_by_task_and_size(task, hidden, lr, size):
-    hp = resolve(task, _info(hidden), _enc(8192), FinetuneConfig(), set())
+    hp = resolve_hyperparameters(task, _info(hidden), _enc(8192), FinetuneConfig(), set())
     assert hp["lr"] == lr and hp["size"] == size
     assert hp["sources"]["lr"] == f"paper Table 5 ({task}, {size})"
     assert hp["sources"]["weight_decay"] == hp["sources"]["epochs"] == hp["sources"]["batch_size"] == "paper"
@@ -42,15 +49,15 @@ def test_table5_learning_rate_by_task_and_size(task, hidden, lr, size):
 
 
 def test_other_sizes_fall_back_and_user_values_are_recorded():
-    hp = resolve("cos", _info(128, 512), _enc(None), FinetuneConfig(), set())
+    hp = resolve_hyperparameters("cos", _info(128, 512), _enc(None), FinetuneConfig(), set())
     assert hp["lr"] == paper.FALLBACK_LR and hp["sources"]["lr"].startswith("fallback 2e-05 (model size")
     assert hp["size"] == "hidden 128"
     # size=base forces the base row; user values say so
     cfg = FinetuneConfig(size="base", weight_decay=0.01, epochs=3)
-    hp = resolve("cos", _info(128, 512), _enc(None), cfg, {"size", "weight_decay", "epochs"})
+    hp = resolve_hyperparameters("cos", _info(128, 512), _enc(None), cfg, {"size", "weight_decay", "epochs"})
     assert hp["lr"] == 1e-4 and hp["sources"]["size"] == "user"
     assert hp["sources"]["weight_decay"] == hp["sources"]["epochs"] == "user" and hp["weight_decay"] == 0.01
-    hp = resolve("cos", _info(768), _enc(None), FinetuneConfig(lr=3e-5), {"lr"})
+    hp = resolve_hyperparameters("cos", _info(768), _enc(None), FinetuneConfig(lr=3e-5), {"lr"})
     assert (hp["lr"], hp["sources"]["lr"]) == (3e-5, "user")
 
 

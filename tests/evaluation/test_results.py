@@ -51,3 +51,48 @@ def test_table6_markdown_has_ours_and_the_papers_row():
     assert "| cos (paper) | 11 | 705 | 151 | 152 | 24.5 | 24.0 | 23.4 |" in text
     assert "csv (paper)" not in text and "| csv (ours) | 3 |" in text
     json.dumps(row)
+
+
+def _header(lr: float) -> dict:
+    return {"task": "cos", "backend": "jax", "main_metric": "f1", "config": {"lr": lr, "epochs": 3}}
+
+
+def _seed(score: float) -> dict:
+    return {"test": {"f1": score}}
+
+
+def test_an_interrupted_rerun_never_rewrites_a_complete_result(tmp_path):
+    """Seeds go in one by one; a rerun with the same settings runs only the missing ones; a complete result
+    with other settings is refused, or (--overwrite) replaced only once the new run is complete, and the
+    predictions of two runs never share a folder."""
+    first = results.ResultRun(tmp_path, "m", "jax", "cos", _header(1e-4), [42, 43, 44])
+    assert first.todo == [42, 43, 44]
+    obj = first.add(42, _seed(0.5), [{"id": "a", "seed": 42}])
+    assert obj["complete"] is False and obj["seeds_asked"] == [42, 43, 44] and obj["seeds_done"] == [42]
+    assert "50.0 (50.0–50.0) †1/3" in results.write_table(tmp_path).read_text()  # an incomplete result is marked
+    # Interrupted here; the same command again continues with the missing seeds.
+    again = results.ResultRun(tmp_path, "m", "jax", "cos", _header(1e-4), [42, 43, 44])
+    assert again.todo == [43, 44]
+    for seed in again.todo:
+        obj = again.add(seed, _seed(0.6), [{"id": "a", "seed": seed}])
+    assert obj["complete"] and obj["seeds_done"] == [42, 43, 44]
+    assert "| m | jax | 3 | 60.0 (50.0–60.0) |" in results.write_table(tmp_path).read_text().splitlines()
+    assert results.ResultRun(tmp_path, "m", "jax", "cos", _header(1e-4), [42, 43]).todo == []
+    path, preds = results.result_paths(tmp_path, "m", "jax", "cos")
+    complete = path.read_bytes()
+    # Other settings: refused without --overwrite, nothing touched.
+    with pytest.raises(results.ConfigError, match=r"other settings \(lr 0.0001 -> 0.0002\).*--overwrite"):
+        results.ResultRun(tmp_path, "m", "jax", "cos", _header(2e-4), [42, 43, 44])
+    # --overwrite: interrupted after one seed, the complete result and its predictions are as they were.
+    new = results.ResultRun(tmp_path, "m", "jax", "cos", _header(2e-4), [42, 43], overwrite=True)
+    assert new.todo == [42, 43]
+    new.add(42, _seed(0.9), [{"id": "a", "seed": 42, "new": True}])
+    assert path.read_bytes() == complete and sorted(p.name for p in preds.iterdir()) == ["seed42", "seed43", "seed44"]
+    assert all("new" not in line for line in (preds / "seed42" / "test_predictions.jsonl").read_text().splitlines())
+    assert [o["task"] for o in results.read_results(tmp_path)] == ["cos"]  # the partial one is not a result yet
+    # A complete new result replaces the old one, with only its own predictions.
+    obj = new.add(43, _seed(0.8), [{"id": "a", "seed": 43, "new": True}])
+    assert obj["complete"] and json.loads(path.read_text())["config"]["lr"] == 2e-4
+    assert sorted(p.name for p in preds.iterdir()) == ["seed42", "seed43"]
+    assert '"new": true' in (preds / "seed42" / "test_predictions.jsonl").read_text()
+    assert not list(tmp_path.glob("m/jax/*partial*")) and not list(tmp_path.glob("m/jax/.cos*"))

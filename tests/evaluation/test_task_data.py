@@ -35,3 +35,24 @@ def test_encode_labels_names_the_label_and_the_list():
     assert encode_labels(["O", "B-X"], ["B-X", "O"], "f.txt", 3) == [1, 0]
     with pytest.raises(TaskDataError, match=r"^f\.txt:3: label 'I-Y' is not in the task's label list"):
         encode_labels(["I-Y"], ["B-X", "O"], "f.txt", 3)
+
+
+def test_a_label_only_in_the_test_split_is_warned_about(caplog):
+    from bcmb_jax.evaluation.encoding import TextEncoder, encode_task
+    from bcmb_jax.evaluation.task_data import TaskData
+
+    def rows(*labels):
+        return [{"id": str(i), "text": "a b", "label": y} for i, y in enumerate(labels)]
+
+    task = TaskData("t", "classification", ["no", "yes", "rare"], rows(0, 1), rows(0, 1), rows(0, 2))
+    assert task.test_only_labels() == ["rare"]
+
+    class Tok:
+        def encode_batch(self, texts, add_special_tokens=False):
+            return [type("E", (), {"ids": [7, 8]})() for _ in texts]
+
+    encode_task(task, TextEncoder(Tok(), 1, 2, 0, None), 16)
+    assert "label(s) ['rare'] occur in the test split but in no training example" in caplog.text
+    ner = TaskData("n", "ner", ["O", "B-X", "I-X", "B-Y"], [{"id": "0", "tokens": ["a"], "tags": [1]}], [],
+                   [{"id": "1", "tokens": ["a"], "tags": [3]}])
+    assert ner.test_only_labels() == ["Y"]

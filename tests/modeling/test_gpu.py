@@ -91,6 +91,7 @@ def test_bfloat16_on_gpu_close_to_float32(tmp_path):
 
 def test_train_steps_on_gpu_equal_cpu():
     """train.py's step (StableAdamW, sparse MLM loss) gives the same losses on the GPU and on the CPU."""
+    from bcmb_jax.modeling.state import split_model
     from bcmb_jax.training import mlm_step, optim
 
     cfg = ModelConfig.from_hf_dict({**dict(vocab_size=512, num_hidden_layers=3, local_attention=16,
@@ -105,7 +106,7 @@ def test_train_steps_on_gpu_equal_cpu():
     def losses(device, backend):
         with jax.default_device(device):
             model = bcmb_jax.build(cfg, "mlm", seed=0, runtime=backend)
-            graphdef, params, rest = mlm_step.split_model(model)
+            graphdef, params, rest = split_model(model, training=True)
             tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3))
             state = mlm_step.init_state(params, tx)
             step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, 64, 0))
@@ -134,6 +135,7 @@ def test_gpu_remat_gives_the_same_gradients():
     """remat through jax.checkpoint (the gpu backend's path) changes memory, not numbers."""
     from test_train_step import packed_batch
 
+    from bcmb_jax.modeling.state import split_model
     from bcmb_jax.training import mlm_step
 
     cfg = ModelConfig.from_hf_dict({**dict(vocab_size=512, num_hidden_layers=4, local_attention=16,
@@ -141,7 +143,8 @@ def test_gpu_remat_gives_the_same_gradients():
     batch = {k: v[0] for k, v in packed_batch().items()}
 
     def grads(remat):
-        graphdef, params, rest = mlm_step.split_model(bcmb_jax.build(cfg, "mlm", seed=1, remat=remat, runtime="gpu"))
+        model = bcmb_jax.build(cfg, "mlm", seed=1, remat=remat, runtime="gpu")
+        graphdef, params, rest = split_model(model, training=True)
 
         def loss(p):
             model = nnx.merge(graphdef, p, rest)

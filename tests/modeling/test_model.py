@@ -243,3 +243,14 @@ def test_gpu_kernel_model_equals_reference_in_interpret_mode():
     diff = float(np.abs(a - b)[seg > 0].max())
     print(f"gpu kernel (interpret) vs reference model: max|d| = {diff:.2e}")
     assert diff <= 1e-5
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_in_an_eager_call():
+    from bcmb_jax.errors import InputError
+
+    model = bcmb_jax.build(ModelConfig(**{**TINY, "num_hidden_layers": 1}), "mlm", seed=0)
+    ok = model(np.array([[1, 5, 2]]))
+    assert np.isfinite(np.asarray(ok.logits)).all()
+    for bad in ([[1, TINY["vocab_size"], 2]], [[1, -3, 2]]):
+        with pytest.raises(InputError, match="outside the model's vocabulary"):
+            model(np.array(bad))

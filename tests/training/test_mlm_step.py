@@ -9,6 +9,7 @@ from conftest import TINY, rng_ids
 
 import bcmb_jax
 from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.modeling.state import split_model
 from bcmb_jax.training import mlm_step, optim
 
 STEPS = 8
@@ -31,7 +32,7 @@ def packed_batch(B=2, T=128, seed=9):
 def run_steps(cfg: ModelConfig, dtype, backend: str, batch, steps: int = STEPS):
     """Losses of `steps` train steps on `batch`, the initial and the final state."""
     model = bcmb_jax.build(cfg, "mlm", seed=0, dtype=dtype, runtime=backend)
-    graphdef, params, rest = mlm_step.split_model(model)
+    graphdef, params, rest = split_model(model, training=True)
     tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3))
     state = mlm_step.init_state(params, tx)
     init = jax.tree.map(np.asarray, state["params"])

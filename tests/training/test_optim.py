@@ -360,4 +360,8 @@ def test_config_sections_and_errors(tmp_path):
         section = "optim" if cls is OptimConfig else "schedule"
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
             load(cls, path, over, section=section)
-        assert str(path) in str(e.value)
+        assert str(e.value).startswith("command line (") and str(path) not in str(e.value)  # what the user typed
+    path.write_text("schedule:\n  name: one_minus_sqrt\n  total: 100\n  decay: 10\n  warmup: 10\n")
+    with pytest.raises(ConfigError, match=r"schedule\.warmup") as e:
+        load(ScheduleConfig, path, section="schedule")
+    assert str(e.value).startswith(str(path))  # a bad value in the file names the file

@@ -22,6 +22,7 @@ from flax import nnx
 import bcmb_jax
 import train
 from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.modeling.state import split_model
 from bcmb_jax.runconfig import load
 from bcmb_jax.training import batches, mlm_step
 from bcmb_jax.weights import directories
@@ -96,7 +97,7 @@ def test_accumulation_equals_one_big_batch():
 
     mcfg = ModelConfig.from_hf_dict(TINY_MODEL)
     model = bcmb_jax.build(mcfg, "mlm", seed=0)
-    graphdef, params, rest = mlm_step.split_model(model)
+    graphdef, params, rest = split_model(model, training=True)
     tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3))
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 512, size=(8, 32)).astype(np.int32)
@@ -193,10 +194,11 @@ def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path, corpus):
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 75, out  # stopped and saved: not the 0 of a finished run
     steps = [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(steps) == 1 and steps[0] == len(losses(run))
-    assert "checkpoint at step" in out
+    assert "SIGTERM received" in out and f"at step {steps[0]}: checkpoint saved" in out
+    assert not (run / "run.lock").exists()
 
 
 def test_unreadable_latest_checkpoint_is_moved_aside_and_each_step_logged_once(tmp_path, corpus, caplog):
@@ -306,3 +308,27 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path, corpus):
     a, b = losses(one), losses(two)
     print("1 process: ", a, "\n2 processes:", b)
     assert len(a) == len(b) == 3 and np.abs(np.array(a) - np.array(b)).max() <= 1e-5
+
+
+def test_a_second_run_on_the_same_run_directory_refuses_before_reading_data(tmp_path, corpus):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", corpus, run, max_steps=2, checkpoint_every=2)
+    hold = ("import sys, time\nfrom bcmb_jax.training.run_lock import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+            "print('held', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = run_subprocess(["--config", str(cfg)])
+        assert r.returncode == 2, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: {run}: in use by another run") and f"pid {holder.pid}" in last
+        assert "source notes" not in r.stderr and "Traceback" not in r.stderr  # refused before the data
+        assert sorted(p.name for p in run.iterdir()) == ["run.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone (killed, its lock left behind): the next start takes the directory over and trains.
+    r = run_subprocess(["--config", str(cfg)])
+    assert r.returncode == 0, r.stderr
+    assert "took over the lock of a run that is gone" in r.stderr and len(losses(run)) == 2
+    assert not (run / "run.lock").exists()

@@ -113,8 +113,13 @@ def test_composer_optimizer_mismatch_is_named(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "exp_avg` of `model.layers.1.mlp.Wi.weight`" in err and "[192, 5]" in err
     assert not (tmp_path / "out").exists()
-    # Without --optimizer-state the weights alone convert.
-    assert cli("to-jax", pt, tmp_path / "out") == 0 and not (tmp_path / "out" / "optimizer").exists()
+    # Without --optimizer-state the weights alone convert, given the special-token ids: the checkpoint has no
+    # tokenizer and a 512-token vocabulary, so ModernBERT's ids would be false (and transformers would refuse).
+    assert cli("to-jax", pt, tmp_path / "out") == 2 and "--tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    tok = tiny_tokenizer(tmp_path / "tok")
+    assert cli("to-jax", pt, tmp_path / "out", "--tokenizer", tok) == 0
+    assert not (tmp_path / "out" / "optimizer").exists()
     # No embedded config: --config (an HF config.json) must say what the model is.
     bare = composer_file(tmp_path / "bare.pt", hf, opt, monkeypatch, extra={"integrations": {}})
     assert cli("to-jax", bare, tmp_path / "bare") == 2 and "--config" in capsys.readouterr().err
