@@ -230,6 +230,16 @@ def compare(init_dir: Path, trained_dir: Path, real: bool) -> None:
           f"trained {overall['trained']:.0%}")
 
 
+def steps_overrides(train_cfg, steps: int | None) -> list[str]:
+    """train.py overrides for `--steps N`: the schedule and logging scaled to the run (warmup and decay in
+    proportion, at least two logged points), so any N trains and shows its loss curve."""
+    if not steps:
+        return []
+    return [f"max_steps={steps}", f"schedule.total={steps}", f"schedule.decay={max(1, steps // 3)}",
+            f"schedule.warmup={min(train_cfg.schedule.warmup, steps // 10)}",
+            f"log_every={max(1, min(train_cfg.log_every, steps // 10))}"]
+
+
 @cli.command
 def main(argv: list[str] | None = None) -> int:
     ap = cli.ArgumentParser(description=__doc__)
@@ -246,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # read and checked like train.py reads it, before any work: a bad --config or override fails first
     train_cfg = load(TrainConfig, args.config, args.overrides)
+    load(TrainConfig, args.config, steps_overrides(train_cfg, args.steps) + args.overrides)  # --steps fits too
     shape = train_cfg.model.overrides
     RUNS.mkdir(exist_ok=True)
 
@@ -268,12 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ids["mask_token_id"] = tf.AutoTokenizer.from_pretrained(tokenizer_dir).mask_token_id
     overrides = [f"run_dir={run_dir}", f"model.init={jax_init}", f"data.tokenizer={tokenizer_dir}",
                  f"model.overrides={json.dumps(ids)}", *data_overrides]
-    if args.steps:  # the schedule and logging scaled to the run: warmup and decay in proportion, >= 2 points
-        n = args.steps
-        overrides += [f"max_steps={n}", f"schedule.total={n}", f"schedule.decay={max(1, n // 3)}",
-                      f"schedule.warmup={min(train_cfg.schedule.warmup, n // 10)}",
-                      f"log_every={max(1, min(train_cfg.log_every, n // 10))}"]
-    overrides += args.overrides
+    overrides += steps_overrides(train_cfg, args.steps) + args.overrides
     run(["train.py", "--config", args.config, *overrides])
     rows = loss_curve(run_dir)
     first, last = rows[0]["loss"], rows[-1]["loss"]

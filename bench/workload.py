@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bcmb_jax.modeling.heads import IGNORE
+
 MASK_RATE = 0.30
 SEED = 42
 
@@ -33,4 +35,4 @@ def mlm_batch(L: int, rows: int, vocab: int, mask_id: int) -> dict[str, np.ndarr
     u = rng.random((rows, L))
     inputs = np.where(target & (u < 0.8), mask_id, ids)
     inputs = np.where(target & (u >= 0.8) & (u < 0.9), rng.integers(lo, hi, (rows, L)), inputs).astype(np.int32)
-    return {"input_ids": inputs, "labels": np.where(target, ids, -100).astype(np.int32)}
+    return {"input_ids": inputs, "labels": np.where(target, ids, IGNORE).astype(np.int32)}

@@ -23,3 +23,14 @@ def test_the_same_word_earlier_in_the_note_is_left_alone():
     cases = demo.masked_sentences([note], n_tokens=lambda s: 1)
     assert [c.masked for c in cases] == ["Breath sounds clear and [MASK]. Skin: IV site clean, dry and intact.",
                                          "Breath sounds clear and intact. Skin: IV site clean, dry and [MASK]."]
+
+
+def test_any_number_of_steps_gives_a_valid_schedule_and_a_loss_curve():
+    from bcmb_jax.runconfig import load
+    from bcmb_jax.training.config import TrainConfig
+
+    base = load(TrainConfig, "configs/demo.yaml")
+    for steps in (1, 2, 5, 30, 600, 5000):
+        cfg = load(TrainConfig, "configs/demo.yaml", demo.steps_overrides(base, steps))  # refused before
+        assert cfg.max_steps == cfg.schedule.total == steps
+        assert steps == 1 or steps // cfg.log_every >= 2  # at least two logged losses to compare

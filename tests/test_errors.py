@@ -475,3 +475,27 @@ def test_library_errors_name_the_file(tmp_path, capsys):
         raise KeyboardInterrupt
 
     assert interrupted([]) == 130 and capsys.readouterr().err.startswith("error: interrupted")
+
+
+QUIET = r"""
+import sys
+from bcmb_jax import cli
+
+@cli.command
+def main(argv):
+    import transformers as tf
+    tf.ModernBertModel.from_pretrained(argv[0])  # an MLM checkpoint: its head is "UNEXPECTED" for the base model
+    return 0
+
+cli.run(main)
+"""
+
+
+def test_third_party_chatter_stays_off_the_terminal_unless_asked_for(fx):
+    env = {k: v for k, v in ENV.items() if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    quiet = subprocess.run([sys.executable, "-c", QUIET, str(fx.hf)], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert quiet.returncode == 0 and "UNEXPECTED" not in quiet.stderr and "Loading weights" not in quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", QUIET, str(fx.hf), "--debug"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0 and loud.stderr.count("UNEXPECTED") >= 1  # --debug keeps them
