@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -U pip
 	# The CPU wheel first: any other torch pulls several GB of CUDA libraries.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[torch,dev]"
+	$(PY) -m pip install -q -e ".[torch,dev,mds]"
+	# MDS shard readers (format: mds); --no-deps: the package pins transformers < 5 for parts never used here.
+	$(PY) -m pip install -q --no-deps mosaicml-streaming==0.13.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,7 +1,12 @@
 """The data pipeline's command line: measure it, or fill the token cache.
 
     python -m bcmb_jax.data stats --config run.yaml [data.seq_len=1024 max_batches=50 ...]
-    python -m bcmb_jax.data prepare --config run.yaml      # fill the token cache only
+    python -m bcmb_jax.data prepare --config run.yaml      # fill the token cache (every core)
+    python -m bcmb_jax.data prepare --config run.yaml share=3/16 workers=32   # one task of an array job
+
+`prepare` tokenizes every file missing from `data.cache_dir`; with `share=I/N` only the I-th of N shares of
+the files (the same deal `train.py`'s processes make), without waiting for the others, so the N tasks of a
+SLURM array (or any N jobs) fill the cache together before training.
 """
 
 from __future__ import annotations
@@ -14,21 +19,23 @@ import sys
 from bcmb_jax import cli, runconfig
 from bcmb_jax.data import demo_corpus
 from bcmb_jax.data.config import DataConfig, SourceConfig
-from bcmb_jax.data.corpus import prepare
-from bcmb_jax.data.pipeline import run_stats
-from bcmb_jax.data.tokenizer import load_tokenizer
+from bcmb_jax.data.pipeline import load_data_tokenizer, run_stats
+from bcmb_jax.data.stage1 import prepare
 from bcmb_jax.errors import ConfigError, DataError
 
 # The keys `stats` takes besides the data config's: (default, lowest value allowed; None = any).
 _CLI_KEYS = {"batch_size": (8, 1), "max_batches": (None, 1), "epochs": (1, 1), "seed": (0, None),
-             "process_index": (0, 0), "process_count": (1, 1)}
+             "process_index": (0, 0), "process_count": (1, 1), "workers": (0, 0)}
+PREPARE_KEYS = ("share", "workers")  # what `prepare` takes besides the data config
 COMMANDS = ("stats", "prepare")
 
 
 def _help() -> str:
     return (__doc__.strip() + "\n\nkeys (data.KEY=VALUE or KEY=VALUE):\n" + runconfig.help_text(DataConfig)
             + "\n\nkeys of each entry of `sources`:\n" + runconfig.help_text(SourceConfig)
-            + "\n\nstats also takes: " + ", ".join(f"{k}= [default {v}]" for k, (v, _) in _CLI_KEYS.items()))
+            + "\n\nstats also takes: " + ", ".join(f"{k}= [default {v}]" for k, (v, _) in _CLI_KEYS.items()
+                                                     if k != "workers")
+            + "\nprepare also takes: share=I/N (this task's share of the files), workers=N (0 = every core)")
 
 
 def _cli_value(key: str, raw: str):
@@ -40,6 +47,16 @@ def _cli_value(key: str, raw: str):
         bound = f" >= {low}" if low is not None else ""
         raise ConfigError(f"command line ({key}={raw}): `{key}` must be an integer{bound}, got {value!r}")
     return value
+
+
+def _share(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"command line (share={text}): expected I/N, e.g. share=0/4") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"command line (share={text}): expected 0 <= I < N")
+    return i, n
 
 
 def _parse_cli(argv: list[str]) -> tuple[str, str | None, dict, list[str]]:
@@ -63,12 +80,16 @@ def _parse_cli(argv: list[str]) -> tuple[str, str | None, dict, list[str]]:
         elif "=" in a:
             key, value = a.split("=", 1)
             key = key.removeprefix("data.")
-            if key in extra:
+            if key == "share":
+                extra["share"] = _share(value)
+            elif key in extra:
                 extra[key] = _cli_value(key, value)
             else:
                 over.append(f"{key}={value}")
         else:
             raise ConfigError(f"unexpected argument {a!r} (expected --config FILE or key=value)")
+    if cmd == "stats" and "share" in extra:
+        raise ConfigError("share= is a key of `prepare`, not of `stats`")
     if extra["process_index"] >= extra["process_count"]:
         raise ConfigError(f"process_index {extra['process_index']} must be < process_count {extra['process_count']}")
     return cmd, path, extra, over
@@ -87,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "prepare":
         if not cfg.cache_dir:
             raise DataError("prepare needs data.cache_dir")
-        tok = load_tokenizer(cfg.tokenizer, cfg.prefix_space)
-        corpus = prepare(cfg, tok)
-        print(json.dumps(dataclasses.asdict(corpus.stats()) | {"prepare_s": round(corpus.seconds, 3)}))
+        share = extra.get("share")
+        corpus = prepare(cfg, load_data_tokenizer(cfg), share=share, workers=extra["workers"], wait=share is None)
+        st = corpus.stats()
+        print(json.dumps(dataclasses.asdict(st) | {"prepare_s": round(corpus.seconds, 3),
+                                                   "tokens_per_s": round(st.tokens / max(corpus.seconds, 1e-9))}))
         return 0
+    extra.pop("workers")
     s = run_stats(cfg, **extra)
     print("sources: " + ", ".join(f"{k} ({v['docs']} docs, {v['chunks']} chunks, {v['tokens']} tokens, "
                                    f"weight {v['weight']})" for k, v in s["sources"].items()))

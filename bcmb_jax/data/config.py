@@ -55,7 +55,10 @@ class DataConfig:
                                               "ModernBERT, i.e. [0, 50284] like the original collator")
     mask_token_id: int | None = opt(None, "None = read [MASK] from the tokenizer")
     pad_token_id: int | None = opt(None, "None = read [PAD] from the tokenizer")
-    cache_dir: str | None = opt(None, "directory for token caches (.npy per source file); None = no cache")
+    cache_dir: str | None = opt(None, "directory for token caches (.npy per source file); None = no cache. On a "
+                                      "shared file system, the processes of a job tokenize each file once")
+    prepare_workers: int = opt(0, "processes tokenizing files (and byte ranges of large JSONL / line files) on a "
+                                  "cold cache; 0 = every core of this host")
     shuffle: bool = opt(True, "shuffle chunks (a new order every epoch) and packed rows")
     shuffle_seed: int = opt(2998, "seed of the chunk order and of the packer")
     packing: str = opt("best_fit", "best_fit | first_fit (grain packers)")
@@ -70,7 +73,7 @@ class DataConfig:
         if not 0.0 < self.mlm_probability <= 1.0:
             raise ConfigError(f"`data.mlm_probability` must be in (0, 1], got {self.mlm_probability} (with nothing "
                               "masked there is nothing to learn)")
-        for key, low in (("num_threads", 1), ("prefetch", 1), ("worker_count", 0),
+        for key, low in (("prepare_workers", 0), ("num_threads", 1), ("prefetch", 1), ("worker_count", 0),
                          ("packing_bins", 0), ("random_token_low", 0), ("max_docs", 1)):
             value = getattr(self, key)
             if value is not None and value < low:

@@ -1,11 +1,19 @@
 """The tokenized corpus: every source file as flat chunk arrays, cached on disk, with random access.
 
-`prepare` reads each source's files (`sources.py`), chunks their documents (`chunking.py`)
-and keeps a file's chunks as three flat arrays (`FileTokens`: tokens, offsets, document ids). With a
-`cache_dir`, each file's arrays are written once (temporary sibling directory, then rename) under a key
-of file content + tokenizer + settings and memory-mapped afterwards, so later runs and grain's worker
-processes skip tokenization. `ChunkStore` gives random access to one source's chunks; `Corpus` holds
-all sources with their weights.
+A file's chunks are three flat arrays (`FileTokens`: tokens, offsets, document ids). With a `cache_dir`,
+each file's arrays are written once (temporary sibling directory, then rename) as a cache entry and
+memory-mapped afterwards, so later runs, other hosts and grain's worker processes skip tokenization.
+
+An entry's key is the tokenizer, the chunking settings and the file's signature: its size, modification
+time and a hash of three 4 KiB samples (start, middle, end). A warm start reads those 12 KiB per file,
+never a whole corpus; a file that changes gets a new key (a changed size or time, or changed sampled
+bytes), and its old entry is simply not used. Entries do not depend on the file's path, so hosts that
+mount a shared corpus at different paths share one cache.
+
+`tokenize_file` is one unit of stage-1 work (a whole file, or a byte range of a large line-based file);
+`combine` joins a file's ranges into exactly the arrays one pass over the file gives. `stage1.py` runs
+the units over processes and hosts. `ChunkStore` gives random access to one source's chunks; `Corpus`
+holds all sources with their weights.
 """
 
 from __future__ import annotations
@@ -14,10 +22,10 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,14 +34,11 @@ from bcmb_jax.data.chunking import tokenize_documents
 from bcmb_jax.data.config import SourceConfig
 from bcmb_jax.data.sources import ReadStats, expand_paths, file_format, iter_file_documents
 from bcmb_jax.data.tokenizer import TokenizerInfo
-from bcmb_jax.errors import DataError
-
-if TYPE_CHECKING:
-    from bcmb_jax.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+_SAMPLE_BYTES = 4096  # bytes hashed at each of a file's start, middle and end for its cache key
 
 
 @dataclass
@@ -53,49 +58,84 @@ class FileTokens:
 
     def __setstate__(self, state):
         if "tokens" not in state:
-            state = dataclasses.asdict(_load_cached(Path(state["path"])))
+            state = dataclasses.asdict(load_entry(Path(state["path"])))
         self.__dict__.update(state)
 
 
-def _file_sha256(path: Path) -> str:
+# ---------------------------------------------------------------------------------------------
+# Cache entries
+
+
+def file_signature(path: Path) -> dict:
+    """What identifies a file's content for the cache without reading it: size, mtime, three sampled blocks."""
+    st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        for offset in sorted({0, max(0, st.st_size // 2 - _SAMPLE_BYTES // 2), max(0, st.st_size - _SAMPLE_BYTES)}):
+            f.seek(offset)
+            h.update(f.read(_SAMPLE_BYTES))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sampled": h.hexdigest()}
 
 
-def _cache_key(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int) -> str:
-    key = {"v": _CACHE_VERSION, "file": _file_sha256(path), "tokenizer": tok.fingerprint, "seq_len": seq_len,
+def cache_key(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int) -> str:
+    key = {"v": _CACHE_VERSION, "file": file_signature(path), "tokenizer": tok.fingerprint, "seq_len": seq_len,
            "prefix_space": tok.prefix_space, "format": file_format(path, src.format), "fields": src.fields(),
            "csv_header": src.csv_header, "delimiter": src.delimiter, "encoding": src.encoding}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _load_cached(d: Path) -> FileTokens:
+def entry_dir(cache_dir: str | Path, path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int) -> Path:
+    return Path(cache_dir).expanduser() / f"{path.stem[:40]}-{cache_key(path, src, tok, seq_len)}"
+
+
+def entry_ready(d: Path) -> bool:
+    return (d / "meta.json").is_file()
+
+
+def load_entry(d: Path) -> FileTokens:
     meta = json.loads((d / "meta.json").read_text())
     arrays = [np.load(d / f"{n}.npy", mmap_mode="r") for n in ("tokens", "offsets", "doc_ids")]
     return FileTokens(*arrays, stats=meta["stats"], path=str(d))
 
 
-def _write_cached(d: Path, ft: FileTokens, source_path: Path) -> None:
+def write_entry(d: Path, ft: FileTokens, source_path: Path) -> None:
     """Writes the arrays atomically; a concurrent writer that finished first is kept."""
     with atomic(d, first_wins=True) as tmp:
         tmp.mkdir()
         for name in ("tokens", "offsets", "doc_ids"):
             np.save(tmp / f"{name}.npy", getattr(ft, name))
-        (tmp / "meta.json").write_text(json.dumps({"source": str(source_path), "stats": ft.stats}, indent=1))
+        meta = {"source": str(source_path), "stats": ft.stats, "prepared_by": f"{socket.gethostname()}:{os.getpid()}"}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def tokenize_file(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int,
-                  max_docs: int | None = None) -> FileTokens:
-    """Reads, tokenizes and chunks one file into flat arrays."""
+# ---------------------------------------------------------------------------------------------
+# Tokenizing
+
+
+def tokenize_file(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: int, max_docs: int | None = None,
+                  byte_range: tuple[int, int] | None = None) -> FileTokens:
+    """Reads, tokenizes and chunks one file (or one byte range of a line-based file) into flat arrays."""
     stats = ReadStats()
-    docs = iter_file_documents(path, src, stats)
+    if file_format(path, src.format) == "mds":
+        from bcmb_jax.data import mds
+
+        shard = mds.shard_of(path)
+        name, kind = mds.column(shard, str(src.fields()[0]))
+        if kind == "tokens":  # pre-tokenized chunks: used as they are
+            chunks, cut = mds.token_chunks(shard, name, seq_len, tok.vocab_size)
+            if cut:
+                log.warning("%s: %d token samples longer than seq_len %d were cut to it", path, cut, seq_len)
+            stats.files, stats.docs = 1, len(chunks)
+            return _arrays([[c] for c in chunks[:max_docs]], stats, tok)
+    docs = iter_file_documents(path, src, stats, byte_range)
     if max_docs is not None:
         docs = (d for _, d in zip(range(max_docs), docs))
+    return _arrays(tokenize_documents(docs, tok, seq_len), stats, tok)
+
+
+def _arrays(per_doc, stats: ReadStats, tok: TokenizerInfo) -> FileTokens:
     chunks, doc_ids = [], []
-    for i, doc_chunks in enumerate(tokenize_documents(docs, tok, seq_len)):
+    for i, doc_chunks in enumerate(per_doc):
         chunks += doc_chunks
         doc_ids += [i] * len(doc_chunks)
     lengths = np.array([len(c) for c in chunks], np.int64)
@@ -104,6 +144,28 @@ def tokenize_file(path: Path, src: SourceConfig, tok: TokenizerInfo, seq_len: in
     tokens = np.concatenate(chunks).astype(tok.dtype) if chunks else np.empty(0, tok.dtype)
     stats.chunks, stats.tokens = len(chunks), int(offsets[-1])
     return FileTokens(tokens, offsets, np.asarray(doc_ids, np.int64), dataclasses.asdict(stats))
+
+
+def combine(parts: list[FileTokens]) -> FileTokens:
+    """One file's arrays from the arrays of its consecutive byte ranges (documents renumbered, one file)."""
+    if len(parts) == 1:
+        return parts[0]
+    stats = ReadStats()
+    tokens, offsets, doc_ids, base_tok, base_doc = [], [np.zeros(1, np.int64)], [], 0, 0
+    for p in parts:
+        stats.add(p.stats)
+        tokens.append(np.asarray(p.tokens))
+        offsets.append(np.asarray(p.offsets[1:]) + base_tok)
+        doc_ids.append(np.asarray(p.doc_ids) + base_doc)
+        base_tok += int(p.offsets[-1])
+        base_doc += int(p.stats["docs"])
+    stats.files = 1
+    return FileTokens(np.concatenate(tokens), np.concatenate(offsets), np.concatenate(doc_ids),
+                      dataclasses.asdict(stats))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random access
 
 
 class ChunkStore:
@@ -136,27 +198,6 @@ class ChunkStore:
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def prepare_source(src: SourceConfig, tok: TokenizerInfo, seq_len: int, cache_dir: str | None = None,
-                   max_docs: int | None = None) -> ChunkStore:
-    """Tokenizes every file of `src` (or loads its cache entry)."""
-    parts, left = [], max_docs
-    for path in expand_paths(src):
-        if left is not None and left <= 0:
-            break
-        if cache_dir and max_docs is None:
-            d = Path(cache_dir).expanduser() / f"{path.stem[:40]}-{_cache_key(path, src, tok, seq_len)}"
-            if (d / "meta.json").is_file():
-                parts.append(_load_cached(d))
-                continue
-            _write_cached(d, tokenize_file(path, src, tok, seq_len), path)
-            parts.append(_load_cached(d))
-        else:
-            parts.append(tokenize_file(path, src, tok, seq_len, left))
-            if left is not None:
-                left -= parts[-1].stats["docs"]
-    return ChunkStore(src.name, parts)
-
-
 @dataclass
 class Corpus:
     """Every source's chunk store with its sampling weight."""
@@ -172,24 +213,20 @@ class Corpus:
         return total
 
 
-def prepare(cfg: DataConfig, tok: TokenizerInfo) -> Corpus:
-    """Stage 1 for all sources."""
-    if not cfg.sources:
-        raise DataError("data.sources is empty (expected at least one source with `paths`)")
-    names = [s.name for s in cfg.sources]
-    if len(set(names)) != len(names):
-        raise DataError(f"data.sources: names must be unique, got {names}")
-    t0 = time.perf_counter()
-    stores = []
-    for src in cfg.sources:
-        if src.weight < 0:
-            raise DataError(f"source {src.name!r}: weight must be >= 0, got {src.weight}")
-        stores.append(prepare_source(src, tok, cfg.seq_len, cfg.cache_dir, cfg.max_docs))
-        st = stores[-1].stats
-        log.info("source %s: %d files, %d docs, %d chunks, %d tokens", src.name, st.files, st.docs, st.chunks,
-                 st.tokens)
-    if not any(len(s) * src.weight > 0 for s, src in zip(stores, cfg.sources)):
-        files = ", ".join(str(p) for src in cfg.sources for p in src.paths)
-        raise DataError(f"{files}: no documents to train on in data.sources {names} (every file empty or blank, "
-                        "or weight 0); expected at least one non-empty document")
-    return Corpus(stores, [s.weight for s in cfg.sources], time.perf_counter() - t0)
+def prepare_source(src: SourceConfig, tok: TokenizerInfo, seq_len: int, cache_dir: str | None = None,
+                   max_docs: int | None = None) -> ChunkStore:
+    """One source in this process, file after file (or its cache entries)."""
+    parts, left = [], max_docs
+    for path in expand_paths(src):
+        if left is not None and left <= 0:
+            break
+        if cache_dir and max_docs is None:
+            d = entry_dir(cache_dir, path, src, tok, seq_len)
+            if not entry_ready(d):
+                write_entry(d, tokenize_file(path, src, tok, seq_len), path)
+            parts.append(load_entry(d))
+        else:
+            parts.append(tokenize_file(path, src, tok, seq_len, left))
+            if left is not None:
+                left -= parts[-1].stats["docs"]
+    return ChunkStore(src.name, parts)

@@ -1,6 +1,6 @@
 """The MLM input pipeline the trainer uses: a `DataConfig` in, a checkpointable grain iterator out.
 
-`make_iterator` gives masked MLM batches: stage 1 (`corpus.prepare`) reads every source (`sources.py`),
+`make_iterator` gives masked MLM batches: stage 1 (`stage1.prepare`) reads every source (`sources.py`),
 cuts each document into `[CLS] ... [SEP]` chunks of at most `seq_len` tokens (`chunking.py`) and caches
 them on disk; stage 2 (`packing.py`) shuffles the chunks per epoch over the weighted sources, splits them
 across processes, best-fit packs them into rows, batches and masks them deterministically. `run_stats`
@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from bcmb_jax.data.config import DataConfig
-from bcmb_jax.data.corpus import Corpus, prepare
+from bcmb_jax.data.corpus import Corpus
+from bcmb_jax.data.stage1 import prepare
 from bcmb_jax.data.tokenizer import TokenizerInfo, load_tokenizer
 from bcmb_jax.errors import DataError
 from bcmb_jax.modeling.heads import IGNORE
@@ -34,6 +35,12 @@ def _process_info(process_index: int | None, process_count: int | None) -> tuple
     return process_index, process_count
 
 
+def load_data_tokenizer(cfg: DataConfig) -> TokenizerInfo:
+    """The tokenizer of `data:` with its mask and pad ids as configured."""
+    return load_tokenizer(cfg.tokenizer, cfg.prefix_space, mask_token_id=cfg.mask_token_id,
+                          pad_token_id=cfg.pad_token_id)
+
+
 def build_dataset(cfg: DataConfig, *, seed: int, batch_size: int, process_index: int | None = None,
                   process_count: int | None = None, epochs: int | None = None, tok: TokenizerInfo | None = None,
                   corpus: Corpus | None = None):
@@ -43,8 +50,7 @@ def build_dataset(cfg: DataConfig, *, seed: int, batch_size: int, process_index:
     pi, pc = _process_info(process_index, process_count)
     if batch_size <= 0 or batch_size % pc:
         raise DataError(f"batch_size {batch_size} must be a positive multiple of process_count {pc}")
-    tok = tok or load_tokenizer(cfg.tokenizer, cfg.prefix_space, mask_token_id=cfg.mask_token_id,
-                                pad_token_id=cfg.pad_token_id)
+    tok = tok or load_data_tokenizer(cfg)
     corpus = corpus or prepare(cfg, tok)
     high = cfg.random_token_high
     high = 1 + max(tok.base_vocab_size - 1, tok.mask_id) if high is None else high
@@ -63,7 +69,8 @@ def build_dataset(cfg: DataConfig, *, seed: int, batch_size: int, process_index:
 
 
 def make_iterator(cfg: DataConfig, *, seed: int, batch_size: int, process_index: int | None = None,
-                  process_count: int | None = None, epochs: int | None = None):
+                  process_count: int | None = None, epochs: int | None = None, tok: TokenizerInfo | None = None,
+                  corpus: Corpus | None = None):
     """A checkpointable grain DatasetIterator of MLM batches for this process.
 
     `batch_size` is the global number of rows per step; each element is a dict of int32 arrays
@@ -72,7 +79,7 @@ def make_iterator(cfg: DataConfig, *, seed: int, batch_size: int, process_index:
     `epochs=None` repeats forever; with a finite count the last batch is filled with empty rows.
     """
     ds, _, _ = build_dataset(cfg, seed=seed, batch_size=batch_size, process_index=process_index,
-                             process_count=process_count, epochs=epochs)
+                             process_count=process_count, epochs=epochs, tok=tok, corpus=corpus)
     return iter(ds)
 
 

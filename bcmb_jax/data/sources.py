@@ -31,7 +31,8 @@ from bcmb_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "text", "lines", "jsonl", "json", "csv", "parquet", "textgrid")
+FORMATS = ("auto", "text", "lines", "jsonl", "json", "csv", "parquet", "textgrid", "mds")
+SPLITTABLE = ("jsonl", "lines")  # formats whose large files are read in byte ranges by several workers
 _EXT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
                 ".parquet": "parquet", ".textgrid": "textgrid"}
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -71,12 +72,21 @@ codecs.register_error("bcmb_count_replace", _count_replace)
 
 
 def expand_paths(src: SourceConfig) -> list[Path]:
-    """The files of a source, in a fixed order; a missing path or an empty match is a DataError."""
+    """The files of a source, in a fixed order; a missing path or an empty match is a DataError.
+
+    For `format: mds` these are the shard files of every index.json under the paths, in index order."""
     if not src.paths:
         raise DataError(f"source {src.name!r}: `paths` is empty")
     out: list[Path] = []
     for raw in src.paths:
         p = os.path.expanduser(str(raw))
+        if src.format == "mds":
+            from bcmb_jax.data import mds
+
+            if not os.path.exists(p):
+                raise DataError(f"source {src.name!r}: path not found: {p}")
+            out += [s.data_file for index in mds.find_indexes(Path(p)) for s in mds.list_shards(index)]
+            continue
         if glob.has_magic(p):
             found = sorted(Path(f) for f in glob.glob(p, recursive=True) if os.path.isfile(f))
             if not found:
@@ -89,6 +99,10 @@ def expand_paths(src: SourceConfig) -> list[Path]:
                           if not f.startswith(".") and fnmatch.fnmatch(f, src.pattern)]
             if not found:
                 raise DataError(f"source {src.name!r}: directory {p} has no files matching {src.pattern!r}")
+            if src.format == "auto" and os.path.isfile(os.path.join(p, "index.json")) and any(
+                    f.suffix == ".mds" or ".mds." in f.name for f in found):
+                raise DataError(f"source {src.name!r}: {p} is an MDS dataset (index.json and shards); set "
+                                "`format: mds`")
         elif os.path.isfile(p):
             found = [Path(p)]
         else:
@@ -111,6 +125,75 @@ def file_format(path: Path, fmt: str) -> str:
     return _EXT_FORMATS.get(_suffix(path)[0], "text") if fmt == "auto" else fmt
 
 
+def splittable(path: Path, src: SourceConfig) -> bool:
+    """Whether a file can be read in byte ranges: one document (or record) per line, uncompressed UTF-8."""
+    if file_format(path, src.format) not in SPLITTABLE or _suffix(path)[1] is not open:
+        return False
+    if src.encoding not in ("auto", "utf-8", "utf8"):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # UTF-32 LE starts like UTF-16 LE
+
+
+def _sniff_utf8(path: Path, head: bytes) -> None:
+    if b"\x00" in head:
+        what = ("UTF-16 without a byte-order mark" if head[1::2].count(0) > len(head) // 4 or
+                head[0::2].count(0) > len(head) // 4 else "a binary file")
+        raise DataError(f"{path}: not UTF-8 text (NUL bytes in its first {len(head):,} bytes: {what}?); expected "
+                        "text files, or set the source's `encoding` (e.g. utf-16-le)")
+
+
+def _byte_lines(path: Path, start: int, end: int) -> Iterator[str]:
+    """The lines that begin in bytes [start, end) of a UTF-8 file, decoded (a line that begins before `start`
+    belongs to the previous range, one that begins before `end` to this one, wherever it ends)."""
+    with open(path, "rb") as f:
+        if start == 0:
+            head = f.read(_SNIFF_BYTES)
+            _sniff_utf8(path, head)
+            f.seek(len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0)
+        else:
+            f.seek(_line_start(f, start))
+        pos = f.tell()
+        while pos < end:
+            line = f.readline()
+            if not line:
+                break
+            pos += len(line)
+            yield line.decode("utf-8", errors="bcmb_count_replace")
+
+
+def _first_line_number(path: Path, start: int) -> int:
+    """The 1-based number of the first line of the byte range that begins at `start`."""
+    if start == 0:
+        return 1
+    with open(path, "rb") as f:
+        return _line_of(path, _line_start(f, start))
+
+
+def _line_start(f, start: int) -> int:
+    """The offset of the first line that begins at or after `start` in a binary file."""
+    if start == 0:
+        return 0
+    f.seek(start - 1)
+    if f.read(1) != b"\n":
+        f.readline()  # the rest of a line that began before `start`
+    return f.tell()
+
+
+def _line_of(path: Path, offset: int) -> int:
+    """The 1-based number of the line holding byte `offset` (counted only for an error message)."""
+    count = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 1 << 24))
+            if not block:
+                break
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count + 1
+
+
 def _open_text(path: Path, encoding: str, newline: str | None = None) -> io.TextIOWrapper:
     ext, opener = _suffix(path)
     if encoding in ("auto", "utf-8", "utf8"):
@@ -120,11 +203,8 @@ def _open_text(path: Path, encoding: str, newline: str | None = None) -> io.Text
                 (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
         if encoding == "auto":
             encoding = next((enc for bom, enc in boms if head.startswith(bom)), "utf-8")
-        if encoding.startswith("utf-8") and b"\x00" in head:
-            what = ("UTF-16 without a byte-order mark" if head[1::2].count(0) > len(head) // 4 or
-                    head[0::2].count(0) > len(head) // 4 else "a binary file")
-            raise DataError(f"{path}: not UTF-8 text (NUL bytes in its first {len(head):,} bytes: {what}?); expected "
-                            "text files, or set the source's `encoding` (e.g. utf-16-le)")
+        if encoding.startswith("utf-8"):
+            _sniff_utf8(path, head)
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -132,14 +212,16 @@ def _open_text(path: Path, encoding: str, newline: str | None = None) -> io.Text
     return io.TextIOWrapper(opener(path, "rb"), encoding=encoding, errors="bcmb_count_replace", newline=newline)
 
 
-def _as_text(value: Any, where: str) -> str:
+def _as_text(value: Any, where) -> str:
+    """`value` as a document; `where` (a string, or a callable made into one only for an error) names it."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "\n".join(value)
-    raise DataError(f"{where}: expected a string (or a list of strings), got {type(value).__name__}")
+    raise DataError(f"{where() if callable(where) else where}: expected a string (or a list of strings), got "
+                    f"{type(value).__name__}")
 
 
 def _get_field(record: Any, key: str | int, where: str) -> Any:
@@ -157,19 +239,25 @@ def _get_field(record: Any, key: str | int, where: str) -> Any:
     return node
 
 
-def _read_records(records: Iterable[tuple[str, Any]], fields: list) -> Iterator[str]:
+def _read_records(records: Iterable[tuple[Any, Any]], fields: list) -> Iterator[str]:
     for where, rec in records:
         for f in fields:
-            yield _as_text(_get_field(rec, f, where), f"{where}: field {f!r}")
+            try:
+                value = _get_field(rec, f, "")
+            except DataError as e:  # name the record (its line number is counted only now)
+                raise DataError(f"{where() if callable(where) else where}{e}") from None
+            yield _as_text(value, lambda where=where, f=f: f"{where() if callable(where) else where}: field {f!r}")
 
 
-def _jsonl_records(path: Path, f) -> Iterator[tuple[str, Any]]:
-    for n, line in enumerate(f, 1):
+def _jsonl_records(path: Path, f, first_line=lambda: 1) -> Iterator[tuple[str, Any]]:
+    """(where, record) per non-blank line; `first_line()` numbers the first line (only asked on an error)."""
+    for n, line in enumerate(f):
         if line.strip():
             try:
-                yield f"{path}:{n}", json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}:{n + first_line()}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield (lambda n=n: f"{path}:{n + first_line()}"), record
 
 
 def _json_records(path: Path, f) -> Iterator[tuple[str, Any]]:
@@ -250,16 +338,35 @@ def _read_parquet(path: Path, fields: list) -> Iterator[str]:
                 yield _as_text(data[c][i], f"{path}: column {c!r}")
 
 
-def iter_file_documents(path: Path, src: SourceConfig, stats: ReadStats | None = None) -> Iterator[str]:
-    """Non-empty documents of one file (stripped); empty ones and replaced bytes are counted in `stats`."""
+def iter_file_documents(path: Path, src: SourceConfig, stats: ReadStats | None = None,
+                        byte_range: tuple[int, int] | None = None) -> Iterator[str]:
+    """Non-empty documents of one file (stripped); empty ones and replaced bytes are counted in `stats`.
+
+    Files of one document or record per line (`splittable`) are read line by line from bytes, in
+    `byte_range` when given (several workers read one large file): the ranges of a file give exactly
+    the documents of the whole file, in order."""
     stats = stats if stats is not None else ReadStats()
     fmt, fields = file_format(path, src.format), src.fields()
     before = getattr(_replaced, "n", 0)
     f = None
     try:
-        if fmt == "parquet":
-            raw: Iterable[str] = _read_parquet(path, fields)
-            f = None
+        if fmt == "mds":
+            from bcmb_jax.data import mds
+
+            shard = mds.shard_of(path)
+            name, kind = mds.column(shard, str(fields[0]))
+            if kind != "text":
+                raise DataError(f"{path}: column {name!r} holds token ids, not text")
+            raw: Iterable[str] = (doc for doc in mds.samples(shard, name))
+        elif fmt == "parquet":
+            raw = _read_parquet(path, fields)
+        elif splittable(path, src):
+            start, end = byte_range or (0, path.stat().st_size)
+            lines = _byte_lines(path, start, end)
+            if fmt == "lines":
+                raw = (line.rstrip("\n") for line in lines)
+            else:
+                raw = _read_records(_jsonl_records(path, lines, lambda: _first_line_number(path, start)), fields)
         else:
             f = _open_text(path, src.encoding, newline="" if fmt == "csv" else None)
             raw = {"text": lambda: iter([f.read()]),
@@ -279,7 +386,7 @@ def iter_file_documents(path: Path, src: SourceConfig, stats: ReadStats | None =
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     finally:
-        if fmt != "parquet" and f is not None:
+        if f is not None:
             f.close()
         replaced = getattr(_replaced, "n", 0) - before
         stats.replaced_utf8 += replaced

@@ -50,14 +50,19 @@ class ShardedBatches:
 
 def make_batches(cfg: TrainConfig, process_index: int, process_count: int) -> ShardedBatches:
     from bcmb_jax.data import pipeline
+    from bcmb_jax.data.stage1 import prepare
 
     shards = cfg.data_shards or process_count
     if shards % process_count or cfg.global_batch % shards:
         raise ConfigError(f"data_shards ({shards}) must be a multiple of the process count ({process_count}) "
                           f"and divide global_batch ({cfg.global_batch})")
     k = shards // process_count
+    # Stage 1 once for all shards of this process; the processes of the job share the token cache's work.
+    tok = pipeline.load_data_tokenizer(cfg.data)
+    corpus = prepare(cfg.data, tok, share=(process_index, process_count))
     return ShardedBatches([pipeline.make_iterator(cfg.data, seed=cfg.seed, batch_size=cfg.global_batch,
-                                              process_index=process_index * k + i, process_count=shards)
+                                                  process_index=process_index * k + i, process_count=shards,
+                                                  tok=tok, corpus=corpus)
                            for i in range(k)])
 
 

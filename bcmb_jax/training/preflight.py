@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MIN_SEQ_LEN = 4  # [CLS] + at least two tokens + [SEP]
 # Data keys that change how fast batches are made, not which: they may differ on resume.
-RESUME_FREE_DATA_KEYS = ("num_threads", "worker_count", "prefetch", "cache_dir", "tokenizer")
+RESUME_FREE_DATA_KEYS = ("num_threads", "worker_count", "prefetch", "cache_dir", "tokenizer", "prepare_workers")
 # HF config keys that describe the file, not the model.
 IGNORED_MODEL_KEYS = ("architectures", "bcmb_jax", "dtype", "torch_dtype", "transformers_version")
 

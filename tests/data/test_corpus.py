@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from data_helpers import N_WORDS, cfg_for, word_docs, word_tokenizer, write_lines
 
-from bcmb_jax.data import corpus
+from bcmb_jax.data import corpus, stage1
 from bcmb_jax.data.config import SourceConfig
 from bcmb_jax.data.tokenizer import load_tokenizer
 
@@ -29,7 +29,7 @@ def test_token_cache(tmp_path, word_tok, monkeypatch):
     cache = tmp_path / "cache"
     cfg = cfg_for(word_tok, [{"name": "a", "paths": [str(f)], "format": "lines"}], cache_dir=str(cache))
     tok = load_tokenizer(word_tok)
-    first = corpus.prepare(cfg, tok)
+    first = stage1.prepare(cfg, tok)
     entries = [p for p in cache.iterdir()]
     assert len(entries) == 1 and not entries[0].name.startswith(".tmp")
     assert sorted(p.name for p in entries[0].iterdir()) == ["doc_ids.npy", "meta.json", "offsets.npy",
@@ -39,17 +39,17 @@ def test_token_cache(tmp_path, word_tok, monkeypatch):
         raise AssertionError("tokenized although cached")
 
     monkeypatch.setattr(corpus, "tokenize_file", boom)
-    second = corpus.prepare(cfg, tok)
+    second = stage1.prepare(cfg, tok)
     s1, s2 = first.stores[0], second.stores[0]
     assert len(s1) == len(s2) == first.stats().chunks and second.stats().docs == 50
     assert all(np.array_equal(s1[i], s2[i]) for i in range(len(s1)))
     monkeypatch.undo()
     write_lines(f, word_docs(50, seed=1))  # new content -> new key
-    third = corpus.prepare(cfg, tok)
+    third = stage1.prepare(cfg, tok)
     assert len(list(cache.iterdir())) == 2 and not np.array_equal(third.stores[0][0], s1[0])
     cfg.seq_len = 16  # settings are part of the key too
-    corpus.prepare(cfg, tok)
+    stage1.prepare(cfg, tok)
     assert len(list(cache.iterdir())) == 3
     cfg.max_docs = 7  # quick runs read a prefix and bypass the cache
-    quick = corpus.prepare(cfg, tok)
+    quick = stage1.prepare(cfg, tok)
     assert quick.stats().docs == 7 and len(list(cache.iterdir())) == 3

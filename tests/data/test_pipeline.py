@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 from data_helpers import cfg_for, ids_of, segments, word_docs, word_tokenizer, write_lines
 
 from bcmb_jax.data import commands, pipeline
-from bcmb_jax.data.corpus import prepare
+from bcmb_jax.data.stage1 import prepare
 from bcmb_jax.data.tokenizer import load_tokenizer
 from bcmb_jax.errors import DataError
 
