@@ -16,6 +16,7 @@ once. seg_BT is int32. Softmax statistics are float32 in every backend.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ def attention_heads_first(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Arra
         o_BTNK = reference_attention(*(jnp.swapaxes(x, 1, 2) for x in (q_BNTK, k_BNTK, v_BNTK)), seg_BT,
                                      window=window, scale=scale)
         return jnp.swapaxes(o_BTNK, 1, 2)
-    if backend == "gpu" and (interpret or gpu_available()):
+    if backend == "gpu" and (interpret or (gpu_available() and gpu_kernel_lowers())):
         from bcmb_jax.modeling.pallas_attention import pallas_attention
 
         return pallas_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale, interpret=interpret)
@@ -65,3 +66,24 @@ def gpu_available() -> bool:
         return any(d.platform == "gpu" for d in jax.devices())
     except RuntimeError:
         return False
+
+
+@functools.cache
+def gpu_kernel_lowers() -> bool:
+    """Whether the Pallas (Triton) kernel lowers for CUDA on the installed JAX (checked once, on a tiny case).
+
+    Pallas's Triton lowering is deprecated from JAX 0.11; where it is gone the `gpu` backend runs the
+    `blocked` kernels instead, with one warning."""
+    from bcmb_jax.modeling.pallas_attention import pallas_attention
+
+    x = jax.ShapeDtypeStruct((1, 1, 128, 64), jnp.bfloat16)
+    seg = jax.ShapeDtypeStruct((1, 128), jnp.int32)
+    try:
+        fn = jax.jit(lambda q, s: pallas_attention(q, q, q, s, window=None, scale=0.125))
+        fn.trace(x, seg).lower(lowering_platforms=("cuda",))
+    except Exception as e:  # noqa: BLE001 - whatever the installed JAX raises, the blocked kernels still work
+        warnings.warn(f"attention_backend=gpu: the Pallas kernel does not lower on jax {jax.__version__} "
+                      f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); using the blocked kernels",
+                      stacklevel=2)
+        return False
+    return True
