@@ -13,15 +13,51 @@ from pathlib import Path
 import numpy as np
 
 
-def timed(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of `fn`, after `warmup` untimed calls."""
+class Turns:
+    """Interleaved timing (`runner.run_interleaved`): this process times one repeat when the parent says "go",
+    so the frameworks' repeats alternate (jax, torch, jax, torch, ...) and share the machine's drift.
+
+    Lines over two FIFOs: this process writes "ready" (warm-up done) and "done <seconds>"; the parent writes
+    "go" for each repeat, and a last "go" that lets it finish (its memory and GEMM-peak measurements run
+    while no other case is timed)."""
+
+    def __init__(self, go: str, done: str):
+        self.go, self.done = open(go), open(done, "w")
+        self.started = False
+
+    def take(self) -> None:
+        if not self.started:
+            self.done.write("ready\n")
+            self.done.flush()
+            self.started = True
+        if self.go.readline().strip() != "go":
+            raise RuntimeError("the benchmark's parent process went away")
+
+    def give(self, seconds: float) -> None:
+        self.done.write(f"done {seconds!r}\n")
+        self.done.flush()
+
+
+TURNS: Turns | None = None  # set in a worker of an interleaved run
+
+
+def timed(fn: Callable[[], object], warmup: int, repeats: int, turns: bool = True) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`, after `warmup` untimed calls; a case's repeats take turns
+    when interleaved (`turns`; not the process's own measurements, such as the GEMM peak)."""
     for _ in range(warmup):
         fn()
+    gate = TURNS if turns else None
     times = []
     for _ in range(repeats):
+        if gate is not None:
+            gate.take()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if gate is not None:
+            gate.give(times[-1])
+    if gate is not None:
+        gate.take()  # wait until every case of the set has timed its repeats
     return times
 
 
@@ -172,4 +208,4 @@ def gemm_peak(framework: str, gpu: bool, dtype: str = "float32") -> float:
             torch.mm(a, a)
             if gpu:
                 torch.cuda.synchronize()
-    return 2 * n**3 / statistics.median(timed(run, 1, 5))
+    return 2 * n**3 / statistics.median(timed(run, 1, 5, turns=False))

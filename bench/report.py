@@ -35,8 +35,7 @@ def table(results: list[dict]) -> list[str]:
         val = lambda b, k, s=s: get.get((s, b), {}).get(k)  # noqa: E731
         row = [s] + [_fmt(val(b, "tokens_per_s"), "{:.1f}") for b in backends]
         if "jax" in backends:
-            j = val("jax", "tokens_per_s")
-            row += [_fmt(j / t if j and (t := val(b, "tokens_per_s")) else None, "{:.2f}x") for b in torch_b]
+            row += [ratio(get.get((s, "jax")), get.get((s, b))) for b in torch_b]
         row += [_fmt(100 * m if (m := val(b, "mfu")) is not None else None, "{:.0f}%") for b in backends]
         if packing:
             row += [_fmt(val(b, "packing_efficiency"), "{:.3f}") for b in backends]
@@ -49,6 +48,18 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
+def ratio(jax: dict | None, other: dict | None) -> str:
+    """jax / other in tokens/s (medians), with the range over the repeats timed in turns ("1.21x (1.15-1.30)")."""
+    if not (jax and other and jax.get("tokens_per_s") and other.get("tokens_per_s")):
+        return "-"
+    text = f"{jax['tokens_per_s'] / other['tokens_per_s']:.2f}x"
+    a, b = jax.get("times_s"), other.get("times_s")
+    if a and b and len(a) == len(b) and len(a) > 1:  # interleaved: repeat i of each ran back to back
+        pairs = [(jax["tokens"] / x) / (other["tokens"] / y) for x, y in zip(a, b)]
+        text += f" ({min(pairs):.2f}-{max(pairs):.2f})"
+    return text
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     """The whole results.md: protocol, table, how memory and MFU were measured, device and versions."""
     lines = [f"# Throughput ({meta['date']})", "", f"{meta['protocol']}", "", *table(results), "",
@@ -56,6 +67,8 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"MFU: model FLOPs (x3 for training) / measured {meta['dtype']} GEMM peak of the same framework: "
              + ", ".join(f"{b} {p / 1e9:.0f} GFLOP/s" for b, p in meta["peaks"].items()),
              "Packing: real tokens / tokens computed (JAX: packed rows; torch: batches padded to their longest)",
+             "Ratios: medians; in brackets the range of the per-repeat ratios (the frameworks' repeats of a set "
+             "alternate: jax, torch, jax, torch, ...)",
              f"Device: {meta['device']}; versions: {meta['versions']}", ""]
     return "\n".join(lines)
 

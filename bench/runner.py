@@ -69,6 +69,7 @@ def run_job(job: dict) -> dict:
         model_flops = (flops.train_flops(cfg, rows, job["length"], int((labels >= 0).sum()))
                        if cfg.get("layer_types") else None)
     med = statistics.median(res["times_s"])
+    res["spread"] = (max(res["times_s"]) - min(res["times_s"])) / med  # (slowest - fastest) / median repeat
     peak = measure.gemm_peak(framework, job["device_kind"] == "gpu", job["dtype"])
     return {"set": job["set"], "backend": job["backend"], "kind": job["kind"], "tokens_per_s": tokens / med,
             "peak_mem_mb": res.pop("peak_mem_mb"), "mfu": (model_flops / med / peak) if model_flops else None,
@@ -80,6 +81,8 @@ def run_job(job: dict) -> dict:
 def worker(job_path: str) -> None:
     """Runs every case of a job file ({"cases": [...], "result": path}), one record per line as each ends."""
     spec = json.loads(Path(job_path).read_text())
+    if spec.get("turns"):
+        measure.TURNS = measure.Turns(**spec["turns"])
     for job in spec["cases"]:
         try:
             record = run_job(job)
@@ -125,6 +128,74 @@ def run_cases(cases: list[dict], tmp: Path, timeout: float | None, in_process: b
     return done + [failure(job, why or "no result") for job in cases[len(done):]]
 
 
+def run_interleaved(cases: list[dict], tmp: Path, timeout: float | None) -> list[dict]:
+    """Runs the cases of one set (one per backend) in their own processes at once, timing their repeats in
+    turns: warm-ups first, then jax, torch, jax, torch, ... one repeat at a time; a record per case."""
+    import os
+    import select
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout * len(cases)
+    procs, fifos, paths = [], [], []
+    for k, job in enumerate(cases):
+        name = f"{job['backend']}-{job['set']}-{k}"
+        go, done = tmp / f"{name}.go", tmp / f"{name}.done"
+        for f in (go, done):
+            f.unlink(missing_ok=True)
+            os.mkfifo(f)
+        path, result = tmp / f"{name}.job.json", tmp / f"{name}.result.jsonl"
+        result.unlink(missing_ok=True)
+        path.write_text(json.dumps({"cases": [job], "result": str(result), "turns": {"go": str(go),
+                                                                                      "done": str(done)}}))
+        fds = (os.open(go, os.O_RDWR), os.open(done, os.O_RDWR))  # O_RDWR: opening never blocks on Linux
+        log = open(tmp / f"{name}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(THROUGHPUT), "--worker", str(path)], stdout=log,
+                                      stderr=subprocess.STDOUT))
+        fifos.append(fds)
+        paths.append(result)
+    why: dict[int, str] = {}
+
+    def read(k: int) -> str | None:
+        """The next line from case k, or None when its process ended (or the run timed out)."""
+        buf = b""
+        while not buf.endswith(b"\n"):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                why[k] = f"timed out after {timeout:.0f} s"
+                return None
+            ready, _, _ = select.select([fifos[k][1]], [], [], 1.0 if left is None else min(1.0, left))
+            if ready:
+                buf += os.read(fifos[k][1], 1)
+            elif procs[k].poll() is not None:
+                return None
+        return buf.decode().strip()
+
+    live = [k for k in range(len(cases)) if read(k) == "ready"]
+    for _ in range(max(job["repeats"] for job in cases)):
+        for k in list(live):
+            os.write(fifos[k][0], b"go\n")
+            if not (read(k) or "").startswith("done"):
+                live.remove(k)
+    for k in range(len(cases)):  # let each finish (memory and GEMM peak) while the others wait
+        if k in live:
+            os.write(fifos[k][0], b"go\n")
+        try:
+            procs[k].wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            why.setdefault(k, f"timed out after {timeout:.0f} s")
+        if procs[k].poll() is None:
+            procs[k].kill()
+            procs[k].wait()
+        for fd in fifos[k]:
+            os.close(fd)
+    records = []
+    for k, job in enumerate(cases):
+        done = [json.loads(line) for line in paths[k].read_text().splitlines()] if paths[k].exists() else []
+        tail = (tmp / f"{job['backend']}-{job['set']}-{k}.log").read_text().strip().splitlines()
+        records += done or [failure(job, why.get(k) or (tail[-1] if tail else "no result"))]
+    return records
+
+
 def print_record(r: dict) -> None:
     """One line per case: throughput, time, memory, MFU, or the failure."""
     head = f"  {r['set']:>14} {r['backend']:<14}"
@@ -137,5 +208,6 @@ def print_record(r: dict) -> None:
         extra += f" packing={r['packing_efficiency']:.3f}"
     if r["kind"] != "infer":
         extra += f" rows={r['batch_rows']}"
-    print(f"{head} {r['tokens_per_s']:10.1f} tok/s  median {r['median_s']:.2f}s  mem {r['peak_mem_mb']:.0f} MB  "
-          f"MFU {mfu}{extra}", flush=True)
+    spread = f" ±{50 * r['spread']:.0f}%" if r.get("spread") is not None else ""
+    print(f"{head} {r['tokens_per_s']:10.1f} tok/s  median {r['median_s']:.2f}s{spread}  mem {r['peak_mem_mb']:.0f} MB"
+          f"  MFU {mfu}{extra}", flush=True)

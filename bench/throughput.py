@@ -176,6 +176,14 @@ def make_jobs(args, model_dir: Path, cfg: dict) -> tuple[list[dict], str]:
     return jobs, protocol
 
 
+def by_set(jobs: list[dict]) -> list[list[dict]]:
+    """The jobs grouped by set, in order (one job per backend in each group)."""
+    groups: dict[str, list[dict]] = {}
+    for job in jobs:
+        groups.setdefault(job["set"], []).append(job)
+    return list(groups.values())
+
+
 def write_results(results: list[dict], out: Path, protocol: str, dtype: str) -> str:
     """results.json, results.md and the plots in `out`; returns the markdown."""
     meta = report.meta_of(results, protocol, dtype, datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
@@ -205,10 +213,14 @@ def main(argv=None) -> int:
         jobs, protocol = make_jobs(args, model_dir, cfg)
         print("protocol:", protocol, flush=True)
         results = []
-        for job in jobs:
-            (r,) = runner.run_cases([job], tmp, args.timeout, args.in_process)
-            runner.print_record(r)
-            results.append(r)
+        for group in by_set(jobs):  # the backends of one set time their repeats in turns (jax, torch, ...)
+            if len(group) > 1 and not args.in_process:
+                records = runner.run_interleaved(group, tmp, args.timeout)
+            else:
+                records = [r for job in group for r in runner.run_cases([job], tmp, args.timeout, args.in_process)]
+            for r in records:
+                runner.print_record(r)
+            results += records
     md = write_results(results, out, protocol, args.dtype)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
     print(md)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -171,3 +172,21 @@ def test_a_failing_case_is_reported_and_the_others_run(tmp_path):
     assert recs[0]["set"] == "fixed_bad" and recs[0]["error"] and recs[1].get("error") is None
     late = runner.run_cases([job], tmp_path, timeout=0.5, name="late")
     assert late[0]["error"] == "timed out after 0 s" or late[0]["error"].startswith("timed out")
+
+
+def test_the_frameworks_of_a_set_take_turns(tmp_path, monkeypatch):
+    """jax and torch on one set in two processes at once, their repeats alternating; a case that fails drops out
+    of the rotation and the other still finishes; the ratio column gives the per-repeat range."""
+    model_dir, cfg = throughput.prepare_model(throughput.parser().parse_args(["--size", "mini"]), tmp_path)
+    args = throughput.parser().parse_args(["--size", "mini", "--lengths", "32", "--samples", "2", "--sets", "fixed",
+                                           "--backends", "jax,torch-sdpa", "--train-lengths", "", "--repeats", "3"])
+    jobs, _ = throughput.make_jobs(args, model_dir, cfg)
+    (group,) = throughput.by_set(jobs)
+    assert [j["backend"] for j in group] == ["jax", "torch-sdpa"]
+    recs = runner.run_interleaved(group, tmp_path, timeout=300)
+    assert [r.get("error") for r in recs] == [None, None] and all(len(r["times_s"]) == 3 for r in recs)
+    assert all(r["spread"] >= 0 for r in recs)
+    assert re.fullmatch(r"\d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\)", report.ratio(recs[0], recs[1]))
+    bad = {**group[0], "model_dir": str(tmp_path / "missing")}
+    recs = runner.run_interleaved([bad, group[1]], tmp_path, timeout=300)
+    assert recs[0]["error"] and recs[1].get("error") is None and len(recs[1]["times_s"]) == 3
