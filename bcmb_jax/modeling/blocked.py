@@ -27,6 +27,8 @@ from bcmb_jax.modeling.masks import NEG, segment_spans
 
 LOCAL_BLOCKS_PER_STEP = 4  # local query blocks per loop step on CPU
 GLOBAL_QUERY_BLOCK = 256  # queries per block of the global kernel (scores of a block: heads x 256 x key block)
+RANGE_KEY_STEP = 512  # keys per step when a query block walks its own key range (rows of several documents)
+RANGE_WORK_SHARE = 0.75  # a row walks per-query-block key ranges when they cost this share of its block pairs
 f32 = jnp.float32
 
 
@@ -225,12 +227,8 @@ local_attention.defvjp(_local_fwd_rule, _local_bwd_rule)
 
 def _key_block_ranges(seg_BT, Cq: int, Ck: int, nQ: int):
     """[B, nQ] first and one-past-last key block the queries of each query block may attend to."""
-    B, T = seg_BT.shape
-    first, last = segment_spans(seg_BT)
-    tail = nQ * Cq - T
-    lo = _pad_axis(first, 1, 0, tail, T).reshape(B, nQ, Cq).min(-1) // Ck
-    hi = _pad_axis(last, 1, 0, tail, 0).reshape(B, nQ, Cq).max(-1) // Ck + 1
-    return lo, hi
+    lo, hi = _query_block_ranges(seg_BT, Cq, nQ)
+    return lo // Ck, (hi - 1) // Ck + 1
 
 
 def _global_setup(q, k, v, seg, Cq, Ck):
@@ -305,7 +303,67 @@ def _global_fwd(q, k, v, seg, Cq, Ck):
         (m, l_NQ, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nK))
         return (acc / l_NQ[..., None])[:, :T].astype(q.dtype), (m + jnp.log(l_NQ))[:, :T]
 
-    return _over_blocks(row, B, q.reshape(-1)[0])
+    if jax.default_backend() != "cpu":  # vectorized rows: both branches of a cond would run
+        return _over_blocks(row, B, q.reshape(-1)[0])
+    # A row of several documents walks, per query block, just the keys of its documents (its own range, in
+    # steps of RANGE_KEY_STEP keys from the range's start); a row of one document keeps the block pairs.
+    lo, hi = _query_block_ranges(seg, Cq, nQ)
+    by_range = walks_ranges(lo, hi, case, Ck)
+    ranged = functools.partial(_ranges_row, qp, k, v, segq, seg, lo, hi, Cq, T)
+    return _over_blocks(lambda b: jax.lax.cond(by_range[b], ranged, row, b), B, q.reshape(-1)[0])
+
+
+def walks_ranges(lo, hi, case, Ck: int):
+    """[B] whether each row's query blocks walk their own key ranges: when those cost at most
+    RANGE_WORK_SHARE of the row's block pairs (rows of several documents; not a row of one)."""
+    range_work = (-(-(hi - lo) // RANGE_KEY_STEP) * RANGE_KEY_STEP).sum(-1)
+    return range_work <= RANGE_WORK_SHARE * (case > 0).sum((1, 2)) * Ck
+
+
+def _query_block_ranges(seg_BT, Cq: int, nQ: int):
+    """[B, nQ] first and one-past-last key (a token index) the queries of each query block may attend to."""
+    B, T = seg_BT.shape
+    first, last = segment_spans(seg_BT)
+    tail = nQ * Cq - T
+    lo = _pad_axis(first, 1, 0, tail, T).reshape(B, nQ, Cq).min(-1)
+    hi = _pad_axis(last, 1, 0, tail, 0).reshape(B, nQ, Cq).max(-1) + 1
+    return lo, hi
+
+
+def _ranges_row(qp, k, v, segq, seg, lo, hi, Cq: int, T: int, b):
+    """One row of the global forward pass, query block after query block, each walking only its key range."""
+    N, Tq, K = qp.shape[1:]
+    S = min(RANGE_KEY_STEP, _round_up(T, 8))
+    kp, vp = (_pad_axis(x, 2, 0, S) for x in (k, v))  # a step that starts near the end never wraps or clamps
+    segk = _pad_axis(seg, 1, 0, S, -2)
+
+    def query_block(out, i):
+        q_NQK, segq_Q = _block(qp, b, i * Cq, Cq), _block(segq, b, i * Cq, Cq)
+        start = lo[b, i]
+
+        def step(j, state):
+            m, l_NQ, acc = state
+            at = start + j * S
+            k_NSK, v_NSK = _block(kp, b, at, S), _block(vp, b, at, S)
+            s = jnp.einsum("nqk,nsk->nqs", q_NQK, k_NSK, preferred_element_type=f32)
+            s = jnp.where(segq_Q[:, None] == _block(segk, b, at, S)[None, :], s, NEG)
+            m_new = jnp.maximum(m, s.max(-1))
+            p = jnp.exp(s - m_new[..., None])
+            corr = jnp.exp(m - m_new)
+            pv = jnp.einsum("nqs,nsk->nqk", p.astype(v_NSK.dtype), v_NSK, preferred_element_type=f32)
+            return m_new, l_NQ * corr + p.sum(-1), acc * corr[..., None] + pv
+
+        tie = q_NQK[0, 0, 0]
+        init = (_tied_zeros((N, Cq), tie, NEG), _tied_zeros((N, Cq), tie), _tied_zeros((N, Cq, K), tie))
+        m, l_NQ, acc = jax.lax.fori_loop(0, -(-(hi[b, i] - start) // S), step, init)
+        o_buf, lse_buf = out
+        return (jax.lax.dynamic_update_slice_in_dim(o_buf, (acc / l_NQ[..., None]).astype(qp.dtype), i * Cq, 1),
+                jax.lax.dynamic_update_slice_in_dim(lse_buf, m + jnp.log(l_NQ), i * Cq, 1)), None
+
+    tie = _block(qp, b, 0, 1)[0, 0, 0]
+    init = (_tied_zeros((N, Tq, K), tie).astype(qp.dtype), _tied_zeros((N, Tq), tie))
+    (o, lse), _ = jax.lax.scan(query_block, init, jnp.arange(Tq // Cq))
+    return o[:, :T], lse[:, :T]
 
 
 def _global_fwd_rule(q, k, v, seg, Cq, Ck):

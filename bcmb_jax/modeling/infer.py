@@ -139,16 +139,14 @@ def _tightest(lengths: Sequence[int], bins: list[list[int]], row_len: int, multi
 
 
 def long_rows_pay_off(model) -> bool:
-    """Whether rows longer than the set's documents cost only what their documents cost: the Pallas
-    kernel of the `gpu` backend on a GPU, which gives each query its own key range.
-
-    The blocked CPU kernels skip other documents only at the granularity of a key block (up to
-    1024 keys) and walk every block pair of a row, so longer rows there cost more than the
-    padding they save: on 2 CPU cores, random base-size weights, variable_512 ran at 257 tokens/s
-    in rows of up to 4096 against 324 in rows of 512, and variable_2048 at 234 against 231."""
+    """Whether rows longer than the set's documents cost only what their documents cost: kernels that give
+    each query (block) its own key range, so a row's other documents are skipped. The Pallas kernel of the
+    `gpu` backend on a GPU does; so do the `blocked` kernels on CPU, whose global layers walk per-query-block
+    key ranges in rows of several documents (`blocked.walks_ranges`). The dense `reference` backend does not."""
     import jax
 
-    return attention_backend_of(model) == "gpu" and jax.default_backend() == "gpu"
+    backend, platform = attention_backend_of(model), jax.default_backend()
+    return (backend == "gpu" and platform == "gpu") or (backend == "blocked" and platform == "cpu")
 
 
 def attention_backend_of(model) -> str:
@@ -189,7 +187,7 @@ def encode(model, sequences: Sequence[Sequence[int]], *, row_len: int | None = N
     rounded up to a power of two, at least 512, longer where that packs tighter and costs nothing).
     batch_tokens: tokens per forward call. output: "logits" (default when the model has a head) or "hidden".
     long_rows: whether rows may grow past the longest sequence to pack tighter (default: where that
-    costs nothing, `long_rows_pay_off`: the `gpu` backend on a GPU).
+    costs nothing, `long_rows_pay_off`: the `gpu` backend on a GPU, `blocked` on CPU).
     """
     if not sequences:
         return []

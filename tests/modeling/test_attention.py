@@ -131,3 +131,36 @@ def test_banded_memory_is_linear_in_length():
 
     small, big = peak(2048), peak(8192)
     assert big < 5 * small  # 4x the tokens -> about 4x the memory (dense would be 16x)
+
+
+def test_rows_of_many_documents_walk_their_own_key_ranges():
+    """A row of many short documents takes the per-query-block key ranges (cheaper than its block pairs), a
+    row of one document the block pairs; in one batch, both equal the reference in values and gradients."""
+    from bcmb_jax.modeling import blocked
+
+    T, rng = 1536, np.random.default_rng(4)
+    seg = np.ones((2, T), np.int32)
+    cuts = np.cumsum(rng.integers(40, 160, 40))
+    seg[1] = 1 + np.searchsorted(cuts[cuts < T - 50], np.arange(T), side="right")
+    seg[1, -50:] = 0  # a padding tail
+    lo, hi = blocked._query_block_ranges(jnp.asarray(seg), 256, T // 256)
+    assert int((hi - lo)[1].max()) < 512 <= int((hi - lo)[0].min())  # row 1: short ranges; row 0: the whole row
+    case = blocked._global_setup(*(jnp.zeros((2, 1, T, 1)),) * 3, jnp.asarray(seg), 256, 1024)[-1]
+    assert blocked.walks_ranges(lo, hi, case, 1024).tolist()[1]
+    one = jnp.ones((1, 2048), jnp.int32)  # a row of one document keeps the block pairs
+    lo1, hi1 = blocked._query_block_ranges(one, 256, 8)
+    case1 = blocked._global_setup(*(jnp.zeros((1, 1, 2048, 1)),) * 3, one, 256, 1024)[-1]
+    assert not blocked.walks_ranges(lo1, hi1, case1, 1024).tolist()[0]
+    q, k, v = (jnp.asarray(rng.standard_normal((2, T, 4, 16)), jnp.float32) for _ in range(3))
+    seg = jnp.asarray(seg)
+
+    def loss(fn, q, k, v):
+        return (fn(q, k, v) * jnp.cos(jnp.arange(16.0))).sum()
+
+    blocked_fn = lambda q, k, v: attention(q, k, v, seg, window=None, backend="blocked")  # noqa: E731
+    ref_fn = lambda q, k, v: reference_attention(q, k, v, seg, window=None, scale=0.25)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(blocked_fn)(q, k, v), ref_fn(q, k, v), atol=2e-6)
+    g1 = jax.jit(jax.grad(lambda *a: loss(blocked_fn, *a), argnums=(0, 1, 2)))(q, k, v)
+    g2 = jax.jit(jax.grad(lambda *a: loss(ref_fn, *a), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, atol=1e-5)
