@@ -310,7 +310,10 @@ def _global_fwd(q, k, v, seg, Cq, Ck):
     lo, hi = _query_block_ranges(seg, Cq, nQ)
     by_range = walks_ranges(lo, hi, case, Ck)
     ranged = functools.partial(_ranges_row, qp, k, v, segq, seg, lo, hi, Cq, T)
-    return _over_blocks(lambda b: jax.lax.cond(by_range[b], ranged, row, b), B, q.reshape(-1)[0])
+    tie = q.reshape(-1)[0]
+    return jax.lax.cond(by_range.any(),  # rows of one document only: exactly the block-pair program
+                        lambda: _over_blocks(lambda b: jax.lax.cond(by_range[b], ranged, row, b), B, tie),
+                        lambda: _over_blocks(row, B, tie))
 
 
 def walks_ranges(lo, hi, case, Ck: int):
