@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every stage's settings and the output location, before the first expensive step.
     cfg.phase_configs()
     out = Path(cfg.out_dir.format(size=cfg.size)).resolve()
-    check_writable(out)
+    check_writable(out, "--out")
     stages = Stages(out)
     t_start = time.perf_counter()
     tokenizer = Path(cfg.tokenizer) if cfg.tokenizer and cfg.tokenizer != "demo" else None

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ def atomic(out: str | Path, overwrite: bool = False, first_wins: bool = False) -
     """
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+        what = "is a file" if out.is_file() else "is a directory that is not empty"
+        raise FileExistsError(f"{out}: already exists and {what} (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent, out.name)
     tmp, existed = _temp_name(out), out.exists()
@@ -133,4 +135,21 @@ def read_json(path: str | Path, error: type[Exception], expected: str = "a JSON 
     return d
 
 
-__all__ = ["atomic", "read_json", "write_text", "remove_stale_temps"]
+def check_writable_dir(path: str | Path, what: str, error: type[Exception]) -> None:
+    """Fails now, before any work, when `path` cannot be (or become) a directory this process writes in.
+
+    `what` is how the user named it (`--results-dir`, `data.cache_dir`); nothing is left behind: the
+    probe is a temporary directory made and removed in the nearest existing parent."""
+    d = Path(path).expanduser().absolute()
+    existing = next(p for p in (d, *d.parents) if p.exists())
+    if not existing.is_dir():
+        raise error(f"{what}: {existing} is a file; expected a directory (or a path to create)")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
+    except OSError as e:
+        raise error(f"{what}: cannot write in {existing} ({e.strerror}); expected a writable location "
+                    f"for {d}") from None
+    probe.rmdir()
+
+
+__all__ = ["atomic", "read_json", "write_text", "remove_stale_temps", "check_writable_dir"]

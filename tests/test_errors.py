@@ -289,6 +289,15 @@ CASES = [
     Case("evaluate-results-dir-is-a-file", "evaluate", lambda d, fx: (
         (d / "file").write_text("x"), ["--model", str(fx.jax), "--task", "conll", "--data", str(conll_dir(d)),
                                        "--results-dir", str(d / "file")])[1], ("--results-dir", "is a file")),
+    Case("train-cache-dir-is-a-file", "train", lambda d, fx: (
+        (d / "file").write_text("x"), train_case(d, fx, data={"cache_dir": str(d / "file")}))[1],
+        ("data.cache_dir", "{d}/file is a file")),
+    Case("data-prepare-share-out-of-range", "data", lambda d, fx: [
+        "prepare", "--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "r"))),
+        f"data.cache_dir={d / 'cache'}", "share=3/2"], ("share=3/2", "I=3, N=2")),
+    Case("to-hf-output-is-a-file", "convert", lambda d, fx: (
+        (d / "file").write_text("x"), ["to-hf", str(fx.jax), str(d / "file")])[1],
+        ("{d}/file", "is a file", "--overwrite")),
     Case("reproduce-task-name-typo", "reproduce", lambda d, fx: [
         "--scale", "tiny", "--out", str(d / "out"), "tasks={cso: {data: /nowhere}}"],
         ("tasks.cso", "unknown task 'cso'")),

@@ -17,6 +17,7 @@ import logging
 import sys
 
 from bcmb_jax import cli, runconfig
+from bcmb_jax.atomic import check_writable_dir
 from bcmb_jax.data import demo_corpus
 from bcmb_jax.data.config import DataConfig, SourceConfig
 from bcmb_jax.data.pipeline import load_data_tokenizer, run_stats
@@ -55,7 +56,7 @@ def _share(text: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"command line (share={text}): expected I/N, e.g. share=0/4") from None
     if not 0 <= i < n:
-        raise ConfigError(f"command line (share={text}): expected 0 <= I < N")
+        raise ConfigError(f"command line (share={text}): expected I/N with 0 <= I < N, got I={i}, N={n}")
     return i, n
 
 
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_corpus.ensure_default(cfg.tokenizer)  # configs/demo.yaml's data is made on first use
     if cmd == "prepare":
         if not cfg.cache_dir:
-            raise DataError("prepare needs data.cache_dir")
+            raise DataError("prepare needs data.cache_dir (the directory its token caches are written to; "
+                            "set it in the config or as data.cache_dir=DIR)")
+        check_writable_dir(cfg.cache_dir, "data.cache_dir", ConfigError)
         share = extra.get("share")
         corpus = prepare(cfg, load_data_tokenizer(cfg), share=share, workers=extra["workers"], wait=share is None)
         st = corpus.stats()

@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from bcmb_jax.atomic import write_text
+from bcmb_jax.atomic import check_writable_dir, write_text
 from bcmb_jax.errors import ConfigError
 from bcmb_jax.evaluation import metrics, paper
 
@@ -35,15 +35,9 @@ def result_paths(results_dir: str | Path, name: str, backend: str, task: str) ->
     return base / f"{task}.json", base / task
 
 
-def check_writable(results_dir: str | Path) -> None:
+def check_writable(results_dir: str | Path, what: str = "--results-dir") -> None:
     """Fails now, not after a seed of fine-tuning, when results cannot be written under `results_dir`."""
-    d = Path(results_dir).absolute()
-    existing = next(p for p in (d, *d.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"--results-dir: {existing} is a file; expected a directory (or a path to create)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--results-dir: cannot write in {existing} (permission denied or a read-only file "
-                          f"system); expected a writable location for {d}")
+    check_writable_dir(results_dir, what, ConfigError)
 
 
 def summary(per_seed: dict[str, dict]) -> dict[str, dict[str, float]]:

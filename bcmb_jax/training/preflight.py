@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bcmb_jax.atomic import read_json
+from bcmb_jax.atomic import check_writable_dir, read_json
 from bcmb_jax.data.sources import expand_paths
 from bcmb_jax.errors import ConfigError, DataError
 from bcmb_jax.modeling.config import ModelConfig
@@ -129,6 +129,8 @@ def check_run(cfg: TrainConfig, model_cfg: ModelConfig) -> TokenizerInfo | None:
         raise DataError("data.sources is empty (expected at least one source with `paths`)")
     for src in cfg.data.sources:
         expand_paths(src)
+    if cfg.data.cache_dir:
+        check_writable_dir(cfg.data.cache_dir, "data.cache_dir", ConfigError)
     check_resume(Path(cfg.run_dir), cfg, model_cfg)
     return tok
 

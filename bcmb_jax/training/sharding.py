@@ -60,7 +60,8 @@ def make_mesh(mesh_cfg: MeshConfig, devices: list | None = None) -> Mesh:
             raise ConfigError(f"mesh: {n} devices do not divide by the fixed axis size {known}")
         sizes[sizes.index(-1)] = n // known
     if sizes[0] * sizes[1] != n:
-        raise ConfigError(f"mesh: data={sizes[0]} x fsdp={sizes[1]} != {n} devices")
+        raise ConfigError(f"mesh: data={sizes[0]} x fsdp={sizes[1]} = {sizes[0] * sizes[1]} devices, but this job "
+                          f"has {n}; set mesh.data and mesh.fsdp to multiply to {n} (or one of them to -1)")
     # The Mesh constructor gives Auto axes: classic GSPMD propagation inside jit.
     return Mesh(np.asarray(devices).reshape(sizes), BATCH_AXES)
 
