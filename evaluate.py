@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 from bcmb_jax import cli
+from bcmb_jax.atomic import check_writable_dir
 from bcmb_jax.errors import ConfigError, FinetuneError
 from bcmb_jax.evaluation import paper, tasks
 from bcmb_jax.evaluation.metrics import MAIN_METRIC
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace, cfg: FinetuneConfig, options: dict) -> int:
 
     # 1. The task, the model's tokenizer and context, the examples, the hyper-parameters; every output
     #    location is checked before any work.
-    results.check_writable(args.results_dir)
+    check_writable_dir(args.results_dir, "--results-dir", ConfigError)
     task = tasks.build_task(args.task, args.data, **options)
     info = protocol.model_info(args.model, cfg.tokenizer)
     enc = encoding.load_encoder(info["tokenizer_dir"])

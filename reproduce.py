@@ -322,13 +322,13 @@ def parse_args(argv: list[str] | None) -> tuple[ReproduceConfig, argparse.Namesp
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg, _ = parse_args(argv)
+    from bcmb_jax.atomic import check_writable_dir
     from bcmb_jax.evaluation import report
-    from bcmb_jax.evaluation.results import check_writable
 
     # Every stage's settings and the output location, before the first expensive step.
     cfg.phase_configs()
     out = Path(cfg.out_dir.format(size=cfg.size)).resolve()
-    check_writable(out, "--out")
+    check_writable_dir(out, "--out", ConfigError)
     stages = Stages(out)
     t_start = time.perf_counter()
     tokenizer = Path(cfg.tokenizer) if cfg.tokenizer and cfg.tokenizer != "demo" else None

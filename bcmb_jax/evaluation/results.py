@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from bcmb_jax.atomic import check_writable_dir, write_text
+from bcmb_jax.atomic import write_text
 from bcmb_jax.errors import ConfigError
 from bcmb_jax.evaluation import metrics, paper
 
@@ -33,11 +33,6 @@ def result_paths(results_dir: str | Path, name: str, backend: str, task: str) ->
     """(<results_dir>/<name>/<backend>/<task>.json, the folder of its per-seed predictions)."""
     base = Path(results_dir) / name / backend
     return base / f"{task}.json", base / task
-
-
-def check_writable(results_dir: str | Path, what: str = "--results-dir") -> None:
-    """Fails now, not after a seed of fine-tuning, when results cannot be written under `results_dir`."""
-    check_writable_dir(results_dir, what, ConfigError)
 
 
 def summary(per_seed: dict[str, dict]) -> dict[str, dict[str, float]]:
