@@ -213,20 +213,14 @@ class Corpus:
         return total
 
 
-def prepare_source(src: SourceConfig, tok: TokenizerInfo, seq_len: int, cache_dir: str | None = None,
-                   max_docs: int | None = None) -> ChunkStore:
-    """One source in this process, file after file (or its cache entries)."""
+def prepare_source(src: SourceConfig, tok: TokenizerInfo, seq_len: int, max_docs: int | None = None) -> ChunkStore:
+    """One source in this process, file after file, in memory (the first `max_docs` documents when given);
+    the cached, parallel path is `stage1.prepare`."""
     parts, left = [], max_docs
     for path in expand_paths(src):
         if left is not None and left <= 0:
             break
-        if cache_dir and max_docs is None:
-            d = entry_dir(cache_dir, path, src, tok, seq_len)
-            if not entry_ready(d):
-                write_entry(d, tokenize_file(path, src, tok, seq_len), path)
-            parts.append(load_entry(d))
-        else:
-            parts.append(tokenize_file(path, src, tok, seq_len, left))
-            if left is not None:
-                left -= parts[-1].stats["docs"]
+        parts.append(tokenize_file(path, src, tok, seq_len, left))
+        if left is not None:
+            left -= parts[-1].stats["docs"]
     return ChunkStore(src.name, parts)

@@ -182,7 +182,7 @@ def prepare(cfg: DataConfig, tok: TokenizerInfo, share: tuple[int, int] | None =
         raise DataError(f"data.sources: names must be unique, got {names}")
     t0 = time.perf_counter()
     if cfg.max_docs is not None:  # quick runs read a prefix of each source, in this process, without a cache
-        stores = [corpus_lib.prepare_source(src, tok, cfg.seq_len, None, cfg.max_docs) for src in cfg.sources]
+        stores = [corpus_lib.prepare_source(src, tok, cfg.seq_len, cfg.max_docs) for src in cfg.sources]
         return _finish(cfg, stores, t0)
     index, count = share or (0, 1)
     if not 0 <= index < count:
