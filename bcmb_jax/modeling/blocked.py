@@ -250,6 +250,16 @@ def _global_setup(q, k, v, seg, Cq, Ck):
     return nQ, nK, qp, kp, vp, segq, segk, case
 
 
+def _online_softmax(state, s_NQS, v_NSK):
+    """One key block into a query block's online-softmax state (running max m, sum l, unnormalised output)."""
+    m, l_NQ, acc = state
+    m_new = jnp.maximum(m, s_NQS.max(-1))
+    p = jnp.exp(s_NQS - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    pv = jnp.einsum("nqs,nsk->nqk", p.astype(v_NSK.dtype), v_NSK, preferred_element_type=f32)
+    return m_new, l_NQ * corr + p.sum(-1), acc * corr[..., None] + pv
+
+
 def _pair_switch(case, skip, plain, masked, carry):
     """Runs the branch of a block pair; when vectorized (no real branches) always the masked one."""
     if jax.default_backend() == "cpu":
@@ -280,15 +290,10 @@ def _global_fwd(q, k, v, seg, Cq, Ck):
 
             def query_block(carry, i):
                 def attend(state, masked: bool):
-                    m, l_NQ, acc = state
                     s = jnp.einsum("nqk,nsk->nqs", _block(qp, b, i * Cq, Cq), k_NSK, preferred_element_type=f32)
                     if masked:
                         s = jnp.where(_block(segq, b, i * Cq, Cq)[:, None] == segk_S[None, :], s, NEG)
-                    m_new = jnp.maximum(m, s.max(-1))
-                    p = jnp.exp(s - m_new[..., None])
-                    corr = jnp.exp(m - m_new)
-                    pv = jnp.einsum("nqs,nsk->nqk", p.astype(v.dtype), v_NSK, preferred_element_type=f32)
-                    return m_new, l_NQ * corr + p.sum(-1), acc * corr[..., None] + pv
+                    return _online_softmax(state, s, v_NSK)
 
                 # The branches see only this query block's state; the row buffers are updated in place.
                 state = tuple(jax.lax.dynamic_slice_in_dim(x, i * Cq, Cq, 1) for x in carry)
@@ -345,16 +350,11 @@ def _ranges_row(qp, k, v, segq, seg, lo, hi, Cq: int, T: int, b):
         start = lo[b, i]
 
         def step(j, state):
-            m, l_NQ, acc = state
             at = start + j * S
             k_NSK, v_NSK = _block(kp, b, at, S), _block(vp, b, at, S)
             s = jnp.einsum("nqk,nsk->nqs", q_NQK, k_NSK, preferred_element_type=f32)
             s = jnp.where(segq_Q[:, None] == _block(segk, b, at, S)[None, :], s, NEG)
-            m_new = jnp.maximum(m, s.max(-1))
-            p = jnp.exp(s - m_new[..., None])
-            corr = jnp.exp(m - m_new)
-            pv = jnp.einsum("nqs,nsk->nqk", p.astype(v_NSK.dtype), v_NSK, preferred_element_type=f32)
-            return m_new, l_NQ * corr + p.sum(-1), acc * corr[..., None] + pv
+            return _online_softmax(state, s, v_NSK)
 
         tie = q_NQK[0, 0, 0]
         init = (_tied_zeros((N, Cq), tie, NEG), _tied_zeros((N, Cq), tie), _tied_zeros((N, Cq, K), tie))
