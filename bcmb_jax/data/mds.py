@@ -17,6 +17,7 @@ reading needs (and which clash with this project's versions); `_streaming()` the
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import sys
@@ -84,29 +85,47 @@ def find_indexes(path: Path) -> list[Path]:
     return found
 
 
-def list_shards(index: Path) -> list[Shard]:
+@functools.lru_cache(maxsize=16)
+def _index_entries(index: Path, stamp: tuple[int, int]) -> tuple[dict, ...]:
+    """The shard entries of an index.json, parsed once per process and file version (`stamp`: mtime, size)."""
     try:
         obj = json.loads(index.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{index}: not a readable MDS index ({e})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("shards"), list):
         raise DataError(f"{index}: not an MDS index (expected an object with a `shards` list)")
-    shards = [Shard(index, entry) for entry in obj["shards"]]
-    for s in shards:
-        if s.entry.get("format") != "mds":
-            raise DataError(f"{index}: shard {s.entry.get('raw_data', {}).get('basename')} is in format "
-                            f"{s.entry.get('format')!r}; only MDS shards are read")
-        if not s.data_file.is_file():
-            raise DataError(f"{index}: shard file {s.data_file.name} is missing")
-    return shards
+    return tuple(obj["shards"])
+
+
+def _entries(index: Path) -> tuple[dict, ...]:
+    try:
+        st = index.stat()
+    except OSError as e:
+        raise DataError(f"{index}: not a readable MDS index ({e.strerror})") from None
+    return _index_entries(index, (st.st_mtime_ns, st.st_size))
+
+
+def _checked(s: Shard) -> Shard:
+    if s.entry.get("format") != "mds":
+        raise DataError(f"{s.index}: shard {s.entry.get('raw_data', {}).get('basename')} is in format "
+                        f"{s.entry.get('format')!r}; only MDS shards are read")
+    if not s.data_file.is_file():
+        raise DataError(f"{s.index}: shard file {s.data_file.name} is missing")
+    return s
+
+
+def list_shards(index: Path) -> list[Shard]:
+    return [_checked(Shard(index, entry)) for entry in _entries(index)]
 
 
 def shard_of(data_file: Path) -> Shard:
     """The shard whose data file this is (looked up in the index.json beside it)."""
-    for shard in list_shards(data_file.parent / INDEX):
-        if shard.data_file == data_file:
-            return shard
-    raise DataError(f"{data_file}: not listed in {data_file.parent / INDEX}")
+    index = data_file.parent / INDEX
+    for entry in _entries(index):
+        names = (entry.get("raw_data", {}).get("basename"), (entry.get("zip_data") or {}).get("basename"))
+        if data_file.name in names and Shard(index, entry).data_file == data_file:
+            return _checked(Shard(index, entry))
+    raise DataError(f"{data_file}: not listed in {index}")
 
 
 def _reader(shard: Shard, raw_dir: Path):
