@@ -289,11 +289,17 @@ class ModernBertForMaskedLM(_Task):
         to the token embeddings.
         """
         x_PD = self.head(h_PD)
-        emb_VD = self.model.embeddings.tok_embeddings.embedding[...].astype(x_PD.dtype)
+        emb_VD, bias_V = self.decoder(x_PD.dtype)
         logits = jnp.dot(x_PD, emb_VD.T, preferred_element_type=dtype or x_PD.dtype)
-        if self.decoder_bias is not None:
-            logits = add_bias(self.runtime, logits, self.decoder_bias[...])
+        if bias_V is not None:
+            logits = add_bias(self.runtime, logits, bias_V)
         return logits
+
+    def decoder(self, dtype) -> tuple[jax.Array, jax.Array | None]:
+        """The decoder applied to the head's output: the tied token embeddings [V, D] in `dtype`, and the
+        float32 bias [V] (None without one)."""
+        emb_VD = self.model.embeddings.tok_embeddings.embedding[...].astype(dtype)
+        return emb_VD, (self.decoder_bias[...] if self.decoder_bias is not None else None)
 
     def forward(self, ids_BT, seg_BT, pos_BT, *, packed=False, num_segments=None):
         h_BTD = self.model(ids_BT, seg_BT, pos_BT)

@@ -47,8 +47,8 @@ def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024
     y_P = jnp.take_along_axis(labels_BT, idx_BP, axis=1).reshape(-1)
     valid_P = (jnp.arange(cap)[None] < count_B[:, None]).reshape(-1)
     x_PD = model.head(h_PD)
-    emb_VD = model.model.embeddings.tok_embeddings.embedding[...].astype(x_PD.dtype)
-    bias_V = model.decoder_bias[...] if model.decoder_bias is not None else jnp.zeros(emb_VD.shape[0], jnp.float32)
+    emb_VD, bias_V = model.decoder(x_PD.dtype)
+    bias_V = jnp.zeros(emb_VD.shape[0], jnp.float32) if bias_V is None else bias_V
     total = decoder_cross_entropy(x_PD, emb_VD, bias_V, y_P, valid_P, chunk)
     dropped = jnp.maximum(count_B - cap, 0).sum()
     return total, jnp.minimum(count_B, cap).sum(), dropped
