@@ -24,24 +24,28 @@ from bcmb_jax.data.pipeline import load_data_tokenizer, run_stats
 from bcmb_jax.data.stage1 import prepare
 from bcmb_jax.errors import ConfigError, DataError
 
-# The keys `stats` takes besides the data config's: (default, lowest value allowed; None = any).
-_CLI_KEYS = {"batch_size": (8, 1), "max_batches": (None, 1), "epochs": (1, 1), "seed": (0, None),
-             "process_index": (0, 0), "process_count": (1, 1), "workers": (0, 0)}
-PREPARE_KEYS = ("share", "workers")  # what `prepare` takes besides the data config
+# The keys each command takes besides the data config's: (default, lowest value allowed; None = any).
+_COMMAND_KEYS = {
+    "stats": {"batch_size": (8, 1), "max_batches": (None, 1), "epochs": (1, 1), "seed": (0, None),
+              "process_index": (0, 0), "process_count": (1, 1)},
+    "prepare": {"share": (None, None), "workers": (0, 0)},  # share=I/N: this task's share of the files
+}
 COMMANDS = ("stats", "prepare")
 
 
 def _help() -> str:
     return (__doc__.strip() + "\n\nkeys (data.KEY=VALUE or KEY=VALUE):\n" + runconfig.help_text(DataConfig)
             + "\n\nkeys of each entry of `sources`:\n" + runconfig.help_text(SourceConfig)
-            + "\n\nstats also takes: " + ", ".join(f"{k}= [default {v}]" for k, (v, _) in _CLI_KEYS.items()
-                                                     if k != "workers")
+            + "\n\nstats also takes: "
+            + ", ".join(f"{k}= [default {v}]" for k, (v, _) in _COMMAND_KEYS["stats"].items())
             + "\nprepare also takes: share=I/N (this task's share of the files), workers=N (0 = every core)")
 
 
-def _cli_value(key: str, raw: str):
+def _cli_value(cmd: str, key: str, raw: str):
+    if key == "share":
+        return _share(raw)
     value = runconfig.parse_overrides([f"x={raw}"])["x"]
-    default, low = _CLI_KEYS[key]
+    default, low = _COMMAND_KEYS[cmd][key]
     if value is None and key in ("max_batches", "epochs"):
         return None  # no limit
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
@@ -68,7 +72,8 @@ def _parse_cli(argv: list[str]) -> tuple[str, str | None, dict, list[str]]:
         raise ConfigError(f"unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)} "
                           "(python -m bcmb_jax.data --help)")
     cmd, rest, path, over = argv[0], argv[1:], None, []
-    extra = {k: default for k, (default, _) in _CLI_KEYS.items()}
+    extra = {k: default for k, (default, _) in _COMMAND_KEYS[cmd].items()}
+    others = {k: c for c, keys in _COMMAND_KEYS.items() if c != cmd for k in keys}
     while rest:
         a = rest.pop(0)
         if a == "--config" and rest:
@@ -81,17 +86,15 @@ def _parse_cli(argv: list[str]) -> tuple[str, str | None, dict, list[str]]:
         elif "=" in a:
             key, value = a.split("=", 1)
             key = key.removeprefix("data.")
-            if key == "share":
-                extra["share"] = _share(value)
-            elif key in extra:
-                extra[key] = _cli_value(key, value)
+            if key in extra:
+                extra[key] = _cli_value(cmd, key, value)
+            elif key in others:
+                raise ConfigError(f"command line ({a}): {key}= is a key of `{others[key]}`, not of `{cmd}`")
             else:
                 over.append(f"{key}={value}")
         else:
             raise ConfigError(f"unexpected argument {a!r} (expected --config FILE or key=value)")
-    if cmd == "stats" and "share" in extra:
-        raise ConfigError("share= is a key of `prepare`, not of `stats`")
-    if extra["process_index"] >= extra["process_count"]:
+    if cmd == "stats" and extra["process_index"] >= extra["process_count"]:
         raise ConfigError(f"process_index {extra['process_index']} must be < process_count {extra['process_count']}")
     return cmd, path, extra, over
 
@@ -111,13 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError("prepare needs data.cache_dir (the directory its token caches are written to; "
                             "set it in the config or as data.cache_dir=DIR)")
         check_writable_dir(cfg.cache_dir, "data.cache_dir", ConfigError)
-        share = extra.get("share")
-        corpus = prepare(cfg, load_data_tokenizer(cfg), share=share, workers=extra["workers"], wait=share is None)
+        corpus = prepare(cfg, load_data_tokenizer(cfg), share=extra["share"], workers=extra["workers"],
+                         wait=extra["share"] is None)
         st = corpus.stats()
         print(json.dumps(dataclasses.asdict(st) | {"prepare_s": round(corpus.seconds, 3),
                                                    "tokens_per_s": round(st.tokens / max(corpus.seconds, 1e-9))}))
         return 0
-    extra.pop("workers")
     s = run_stats(cfg, **extra)
     print("sources: " + ", ".join(f"{k} ({v['docs']} docs, {v['chunks']} chunks, {v['tokens']} tokens, "
                                    f"weight {v['weight']})" for k, v in s["sources"].items()))

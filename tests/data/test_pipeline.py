@@ -128,6 +128,11 @@ def test_stats_cli(tmp_path, word_tok, capsys):
     assert commands.main(["stats", "--config", str(yml), "data.sources=[{name: a, paths: [/no/such/file]}]"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "/no/such/file" in err
+    # a key of the other command is named, not ignored
+    for cmd, key in (("stats", "workers=2"), ("stats", "share=0/2"), ("prepare", "batch_size=4")):
+        assert commands.main([cmd, "--config", str(yml), key]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{key.split('=')[0]}= is a key of" in err, err
 
 
 def test_cli_module_with_worker_processes(tmp_path, word_tok):
