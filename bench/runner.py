@@ -136,7 +136,7 @@ def run_interleaved(cases: list[dict], tmp: Path, timeout: float | None) -> list
     import time
 
     deadline = None if timeout is None else time.monotonic() + timeout * len(cases)
-    procs, fifos, paths = [], [], []
+    procs, fifos, paths, logs = [], [], [], []
     for k, job in enumerate(cases):
         name = f"{job['backend']}-{job['set']}-{k}"
         go, done = tmp / f"{name}.go", tmp / f"{name}.done"
@@ -148,7 +148,8 @@ def run_interleaved(cases: list[dict], tmp: Path, timeout: float | None) -> list
         path.write_text(json.dumps({"cases": [job], "result": str(result), "turns": {"go": str(go),
                                                                                       "done": str(done)}}))
         fds = (os.open(go, os.O_RDWR), os.open(done, os.O_RDWR))  # O_RDWR: opening never blocks on Linux
-        log = open(tmp / f"{name}.log", "w")
+        logs.append(tmp / f"{name}.log")
+        log = open(logs[-1], "w")
         procs.append(subprocess.Popen([sys.executable, str(THROUGHPUT), "--worker", str(path)], stdout=log,
                                       stderr=subprocess.STDOUT))
         fifos.append(fds)
@@ -191,7 +192,7 @@ def run_interleaved(cases: list[dict], tmp: Path, timeout: float | None) -> list
     records = []
     for k, job in enumerate(cases):
         done = [json.loads(line) for line in paths[k].read_text().splitlines()] if paths[k].exists() else []
-        tail = (tmp / f"{job['backend']}-{job['set']}-{k}.log").read_text().strip().splitlines()
+        tail = logs[k].read_text().strip().splitlines()
         records += done or [failure(job, why.get(k) or (tail[-1] if tail else "no result"))]
     return records
 
