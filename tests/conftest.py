@@ -31,6 +31,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
             local_attention=16, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             cls_token_id=1, sep_token_id=2)
+# The model of tiny train.py runs (model.overrides): the 512-token vocabulary of the test tokenizers.
+TINY_RUN_MODEL = dict(vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+                      local_attention=16, max_position_embeddings=256, pad_token_id=3, cls_token_id=1, sep_token_id=2,
+                      bos_token_id=1, eos_token_id=2, mask_token_id=4)
 # A tiny bcmb_jax ModelConfig (fine-tuning, evaluate.py); the `tiny` fixture's checkpoint.
 TINY_MODEL = dict(vocab_size=600, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                   local_attention=16, max_position_embeddings=512, pad_token_id=3, cls_token_id=1, sep_token_id=2,

@@ -18,12 +18,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import hf_model, save_hf
+from conftest import TINY_RUN_MODEL, hf_model, save_hf
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = dict(vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
-                  local_attention=16, max_position_embeddings=256, pad_token_id=3, cls_token_id=1, sep_token_id=2,
-                  bos_token_id=1, eos_token_id=2, mask_token_id=4)
 COMMANDS = {"train": ["train.py"], "convert": ["convert_weights.py"], "evaluate": ["evaluate.py"],
             "demo": ["demo.py"], "bench": ["bench/throughput.py"], "data": ["-m", "bcmb_jax.data"],
             "quick": ["bench/quick.py"], "reproduce": ["reproduce.py"],
@@ -47,7 +44,7 @@ def train_config(fx, run_dir: Path, **top) -> dict:
     cfg = {
         "run_dir": str(run_dir), "max_steps": 2, "checkpoint_every": 1, "seed": 5, "log_every": 1,
         "global_batch": 4, "micro_batch": 4, "export_hf": False,
-        "model": {"overrides": dict(TINY_MODEL)},
+        "model": {"overrides": dict(TINY_RUN_MODEL)},
         "data": {"tokenizer": str(fx.corpus / "tokenizer"), "seq_len": 64,
                  "sources": [{"name": "notes", "paths": [str(fx.corpus / "notes.jsonl")], "field": "text"}]},
         "schedule": {"name": "wsd", "unit": "steps", "warmup": 1, "total": 4, "decay": 1},
@@ -207,7 +204,7 @@ CASES = [
     Case("train-seq-len-beyond-positions", "train", lambda d, fx: train_case(d, fx, data={"seq_len": 512}),
          ("data.seq_len", "512", "max_position_embeddings (256)")),
     Case("train-vocab-smaller-than-tokenizer", "train", lambda d, fx: train_case(
-        d, fx, model={"overrides": {**TINY_MODEL, "vocab_size": 100}}),
+        d, fx, model={"overrides": {**TINY_RUN_MODEL, "vocab_size": 100}}),
         ("{fx}/corpus/tokenizer", "vocab_size is 100", "512 tokens")),
     Case("train-missing-tokenizer", "train", lambda d, fx: train_case(d, fx, data={"tokenizer": str(d / "tok")}),
          ("tokenizer not found", "{d}/tok")),
@@ -221,7 +218,7 @@ CASES = [
         d, fx, model={"init": str(corrupt_step(copy_run(fx, d), 2)), "overrides": {}}),
         ("{d}/run/checkpoints/2",)),
     Case("train-resume-another-model-size", "train", lambda d, fx: resume_case(
-        d, fx, model={"overrides": {**TINY_MODEL, "hidden_size": 64, "intermediate_size": 96}}),
+        d, fx, model={"overrides": {**TINY_RUN_MODEL, "hidden_size": 64, "intermediate_size": 96}}),
         ("{d}/run", "model hidden_size: run has 32, now 64", "model intermediate_size")),
     Case("train-resume-other-data-settings", "train", lambda d, fx: resume_case(d, fx, data={"seq_len": 32}),
          ("{d}/run", "data.seq_len: run has 64, now 32")),
@@ -362,18 +359,6 @@ def test_debug_shows_the_traceback(fx, tmp_path):
         assert out.stderr.splitlines()[-1].startswith("error: data.seq_len")
 
 
-def test_a_bug_keeps_its_traceback():
-    from bcmb_jax import cli
-
-    @cli.command
-    def main(argv):
-        return {}["no such key"]
-
-    with pytest.raises(KeyError):
-        main([])
-    assert cli.error_line(ZeroDivisionError()) is None
-
-
 def test_ctrl_c_during_a_conversion(tmp_path):
     """SIGINT mid-conversion: one line, exit 130, no temporary sibling left, the old output untouched."""
     import numpy as np
@@ -407,83 +392,6 @@ def test_ctrl_c_during_a_conversion(tmp_path):
     assert "interrupted" in error_line(stderr)
     assert not list(tmp_path.glob(".out.*")), list(tmp_path.iterdir())
     assert digests(tmp_path) == before
-
-
-def test_resume_differences_lists_model_and_data_keys():
-    from bcmb_jax.modeling.config import ModelConfig
-    from bcmb_jax.training import preflight
-
-    old = ModelConfig.from_hf_dict(TINY_MODEL).to_hf_dict("ModernBertForMaskedLM")
-    new = ModelConfig.from_hf_dict({**TINY_MODEL, "num_hidden_layers": 6}).to_hf_dict()
-    data = {"seq_len": 64, "mlm_probability": 0.3, "num_threads": 1, "tokenizer": "a"}
-    assert preflight.resume_differences(old, old, data, {**data, "num_threads": 4, "tokenizer": "b"}) == []
-    diffs = preflight.resume_differences(old, new, data, {**data, "mlm_probability": 0.15})
-    assert diffs[-1] == "data.mlm_probability: run has 0.3, now 0.15"
-    assert "model num_hidden_layers: run has 3, now 6" in diffs
-    assert any(d.startswith("model layer_types") for d in diffs)
-
-
-def test_seq_len_and_vocabulary_checks():
-    from types import SimpleNamespace as NS
-
-    from bcmb_jax.errors import ConfigError
-    from bcmb_jax.modeling.config import ModelConfig
-    from bcmb_jax.training import preflight
-
-    mcfg = ModelConfig.from_hf_dict(TINY_MODEL)
-    preflight.check_seq_len(256, mcfg)
-    for bad, words in ((3, ">= 4"), (257, "max_position_embeddings (256)")):
-        with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
-            preflight.check_seq_len(bad, mcfg)
-    tok = NS(vocab_size=512, cls_id=1, sep_id=2, pad_id=3, mask_id=4)
-    preflight.check_vocabulary(mcfg, tok, "tok")
-    with pytest.raises(ConfigError, match=r"special token id\(s\) \{'\[MASK\]': 600\}"):
-        preflight.check_vocabulary(mcfg, NS(**{**vars(tok), "vocab_size": 300, "mask_id": 600}), "tok")
-    with pytest.raises(ConfigError, match="random_token_high"):
-        preflight.check_vocabulary(mcfg, tok, "tok", random_token_high=513)
-
-
-def test_library_errors_name_the_file(tmp_path, capsys):
-    """JSON, decoding, YAML, OS and safetensors errors become one line naming the file the code was reading."""
-    import yaml
-    from safetensors.numpy import load_file
-
-    from bcmb_jax import cli
-
-    bad_json, latin, bad_yaml, short = (tmp_path / n for n in ("c.json", "notes.txt", "c.yaml", "w.safetensors"))
-    bad_json.write_text('{\n  "a": 1,\n}\n')
-    latin.write_bytes(b"ok\nfi\xe8vre\n")
-    bad_yaml.write_text("a: [1, 2\nb: 3\n")
-    short.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
-
-    def read(path: Path):
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        if path.suffix == ".yaml":
-            with path.open() as f:
-                return yaml.safe_load(f)
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        return path.read_text(encoding="utf-8")
-
-    @cli.command
-    def main(argv):
-        read(Path(argv[0]))
-        return 0
-
-    expect = {bad_json: f"{bad_json}:3: invalid JSON", latin: f"{latin}:2: not valid utf-8 text (byte 0xe8",
-              bad_yaml: f"{bad_yaml}:2: invalid YAML", short: f"{short}: ",
-              tmp_path / "none.json": f"{tmp_path / 'none.json'}: No such file or directory"}
-    for path, start in expect.items():
-        assert main([str(path)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: " + start) and err.count("\n") == 1, err
-
-    @cli.command
-    def interrupted(argv):
-        raise KeyboardInterrupt
-
-    assert interrupted([]) == 130 and capsys.readouterr().err.startswith("error: interrupted")
 
 
 QUIET = r"""

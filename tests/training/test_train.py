@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import hf_model, rng_ids
+from conftest import TINY_RUN_MODEL, hf_model, rng_ids
 from flax import nnx
 
 import bcmb_jax
@@ -28,9 +28,6 @@ from bcmb_jax.training import batches, mlm_step
 from bcmb_jax.weights import directories
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_MODEL = dict(vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
-                  local_attention=16, max_position_embeddings=256, pad_token_id=3, cls_token_id=1, sep_token_id=2,
-                  bos_token_id=1, eos_token_id=2, mask_token_id=4)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +44,7 @@ def write_config(path: Path, corpus: Path, run_dir: Path, **top) -> Path:
     cfg = {
         "run_dir": str(run_dir), "max_steps": 6, "checkpoint_every": 3, "seed": 5, "log_every": 1,
         "global_batch": 8, "micro_batch": 4, "export_hf": False,
-        "model": {"overrides": TINY_MODEL},
+        "model": {"overrides": TINY_RUN_MODEL},
         "data": {"tokenizer": str(corpus / "tokenizer"), "seq_len": 64,
                  "sources": [{"name": "notes", "paths": [str(corpus / "notes.jsonl")], "field": "text"}],
                  "mlm_probability": 0.3},
@@ -95,7 +92,7 @@ def test_accumulation_equals_one_big_batch():
     """2 micro-batches of 4 rows give the same update as 1 batch of 8 (the loss is a global token mean)."""
     from bcmb_jax.training import optim
 
-    mcfg = ModelConfig.from_hf_dict(TINY_MODEL)
+    mcfg = ModelConfig.from_hf_dict(TINY_RUN_MODEL)
     model = bcmb_jax.build(mcfg, "mlm", seed=0)
     graphdef, params, rest = split_model(model, training=True)
     tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3))

@@ -1,0 +1,64 @@
+"""cli.py: the one error path. Input errors and library errors about a file become one `error:` line
+naming it (exit 2), Ctrl-C exits 130, and a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def test_a_bug_keeps_its_traceback():
+    from bcmb_jax import cli
+
+    @cli.command
+    def main(argv):
+        return {}["no such key"]
+
+    with pytest.raises(KeyError):
+        main([])
+    assert cli.error_line(ZeroDivisionError()) is None
+
+
+def test_library_errors_name_the_file(tmp_path, capsys):
+    """JSON, decoding, YAML, OS and safetensors errors become one line naming the file the code was reading."""
+    import yaml
+    from safetensors.numpy import load_file
+
+    from bcmb_jax import cli
+
+    bad_json, latin, bad_yaml, short = (tmp_path / n for n in ("c.json", "notes.txt", "c.yaml", "w.safetensors"))
+    bad_json.write_text('{\n  "a": 1,\n}\n')
+    latin.write_bytes(b"ok\nfi\xe8vre\n")
+    bad_yaml.write_text("a: [1, 2\nb: 3\n")
+    short.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+
+    def read(path: Path):
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        if path.suffix == ".yaml":
+            with path.open() as f:
+                return yaml.safe_load(f)
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return path.read_text(encoding="utf-8")
+
+    @cli.command
+    def main(argv):
+        read(Path(argv[0]))
+        return 0
+
+    expect = {bad_json: f"{bad_json}:3: invalid JSON", latin: f"{latin}:2: not valid utf-8 text (byte 0xe8",
+              bad_yaml: f"{bad_yaml}:2: invalid YAML", short: f"{short}: ",
+              tmp_path / "none.json": f"{tmp_path / 'none.json'}: No such file or directory"}
+    for path, start in expect.items():
+        assert main([str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: " + start) and err.count("\n") == 1, err
+
+    @cli.command
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert interrupted([]) == 130 and capsys.readouterr().err.startswith("error: interrupted")
