@@ -32,7 +32,7 @@ from bcmb_jax.modeling import heads
 from bcmb_jax.modeling.attention import attention_heads_first
 from bcmb_jax.modeling.config import ModelConfig
 from bcmb_jax.modeling.inputs import check_ids, normalize_inputs
-from bcmb_jax.modeling.runtime import DEFAULT_RUNTIME, Runtime, add_bias, as_runtime, normed_linear, remat_layer
+from bcmb_jax.modeling.runtime import DEFAULT_RUNTIME, Runtime, add_bias, as_runtime, dense, normed_linear, remat_layer
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -129,7 +129,7 @@ class Attention(nnx.Module):
         o_BNTK = attention_heads_first(q_BNTK, k_BNTK, qkv_3BNTK[2], seg_BT, window=self.window,
                                        backend=r.attention_backend, local_chunk=r.local_chunk,
                                        global_chunk=r.global_chunk, interpret=r.interpret)
-        return self.Wo(o_BNTK.transpose(0, 2, 1, 3).reshape(B, T, N * K))
+        return dense(self.runtime, self.Wo, o_BNTK.transpose(0, 2, 1, 3).reshape(B, T, N * K))
 
 
 class MLP(nnx.Module):
@@ -149,7 +149,7 @@ class MLP(nnx.Module):
     def __call__(self, x_BTD, norm: nnx.LayerNorm | None = None):
         """The MLP of `norm(x)`."""
         u_BTF, g_BTF = jnp.split(normed_linear(self.runtime, norm, self.Wi, x_BTD), 2, axis=-1)
-        return self.Wo(self.drop(self.act(u_BTF) * g_BTF))
+        return dense(self.runtime, self.Wo, self.drop(self.act(u_BTF) * g_BTF))
 
 
 def layer_norm(cfg: ModelConfig, dtype, rngs) -> nnx.LayerNorm:

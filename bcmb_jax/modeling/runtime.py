@@ -7,7 +7,8 @@ swapped on a view of a model with `nnx.with_attributes(model, runtime=...)`. It 
 
 `attention_backend` picks the attention kernels (`attention.py`) and the paths around them:
   blocked    XLA:CPU: blocked kernels, pre-norms folded into the next linear layer
-             (`fold_norms`), remat by a hand-made recompute, a matrix-vector bias gradient.
+             (`fold_norms`), weight gradients as one token-major GEMM (`dense`), remat by a
+             hand-made recompute, a matrix-vector bias gradient.
   gpu        the Pallas kernel for both layer kinds; plain LayerNorms, remat through
              `jax.checkpoint` with `remat_policy`.
   reference  dense masked attention and the plain paths of `gpu`: the model as written.
@@ -80,9 +81,9 @@ def normed_linear(rt: Runtime, norm: nnx.LayerNorm | None, linear: nnx.Linear, x
     (1.5x slower steps); `state.split_model` turns `fold_norms` off for such graphs.
     """
     if norm is None:
-        return linear(x_BTD)
+        return dense(rt, linear, x_BTD)
     if not (rt.cpu_paths and rt.fold_norms):
-        return linear(norm(x_BTD))
+        return dense(rt, linear, norm(x_BTD))
     x32 = x_BTD.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     xc = x32 - mean
@@ -93,8 +94,44 @@ def normed_linear(rt: Runtime, norm: nnx.LayerNorm | None, linear: nnx.Linear, x
         shift_O = norm.bias[...] @ linear.kernel[...]
         b_O = shift_O if b_O is None else b_O + shift_O
     dtype = linear.dtype or x_BTD.dtype
-    y = jnp.dot(xhat_BTD.astype(dtype), W_DO.astype(dtype), precision=linear.precision)
+    xhat_BTD, W_DO = xhat_BTD.astype(dtype), W_DO.astype(dtype)
+    y = _matmul(xhat_BTD, W_DO) if linear.precision is None else jnp.dot(xhat_BTD, W_DO, precision=linear.precision)
     return y if b_O is None else y + b_O.astype(dtype)
+
+
+def dense(rt: Runtime, linear: nnx.Linear, x_BTI: jax.Array) -> jax.Array:
+    """`linear(x)`; on the CPU paths through `_matmul`, whose weight gradient is one token-major GEMM."""
+    if not rt.cpu_paths or linear.precision is not None:
+        return linear(x_BTI)
+    kernel_IO = linear.kernel[...]
+    bias_O = linear.bias[...] if linear.bias is not None else None
+    dtype = linear.dtype or jnp.result_type(x_BTI, kernel_IO, *(() if bias_O is None else (bias_O,)))
+    y = _matmul(x_BTI.astype(dtype), kernel_IO.astype(dtype))
+    return y if bias_O is None else y + bias_O.astype(dtype)
+
+
+@jax.custom_vjp
+def _matmul(x_BTI: jax.Array, w_IO: jax.Array) -> jax.Array:
+    """x @ w whose weight gradient is x_NI.T @ g_NO over the flattened tokens N.
+
+    Autodiff forms it as (g^T x)^T contracting over (B, T), which XLA:CPU runs as a copy of the
+    transposed [O, N] gradient and a GEMM with both operands transposed: about half the speed of
+    this form for the base model's projections (2,048 tokens x 768 x 2,304: 51 ms vs 27 ms).
+    """
+    return jnp.dot(x_BTI, w_IO)
+
+
+def _matmul_fwd(x_BTI, w_IO):
+    return _matmul(x_BTI, w_IO), (x_BTI, w_IO)
+
+
+def _matmul_bwd(res, g_BTO):
+    x_BTI, w_IO = res
+    x_NI, g_NO = x_BTI.reshape(-1, x_BTI.shape[-1]), g_BTO.reshape(-1, g_BTO.shape[-1])
+    return jnp.dot(g_BTO, w_IO.T).astype(x_BTI.dtype), jnp.dot(x_NI.T, g_NO).astype(w_IO.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 # ---------------------------------------------------------------------------------------------

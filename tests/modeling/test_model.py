@@ -219,6 +219,40 @@ def test_folded_norms_compute_the_same_function():
     assert float(jnp.abs(a - b).max()) <= 1e-5 and gdiff <= 1e-5
 
 
+@pytest.mark.parametrize("fold", [True, False])
+def test_cpu_paths_give_the_reference_loss_and_gradients(fold):
+    """The blocked runtime's hand-made pieces (kernels, folded norms, token-major weight gradients of
+    `runtime.dense`, the decoder bias) change speed, not the MLM loss or any parameter's gradient."""
+    import jax
+    from flax import nnx
+
+    from bcmb_jax.training import mlm_step
+
+    cfg = ModelConfig.from_hf_dict({**TINY, "norm_bias": True, "attention_bias": True, "mlp_bias": True})
+    ids = rng_ids((2, 48), seed=11)
+    seg = np.repeat([[1, 2, 0]], 2, 0).repeat([20, 24, 4], axis=1)
+    pos = np.concatenate([np.arange(20), np.arange(24), np.zeros(4, int)])[None].repeat(2, 0)
+    labels = np.where((np.random.default_rng(12).random((2, 48)) < 0.3) & (seg > 0), ids, -100)
+    batch = {k: jnp.asarray(v, jnp.int32) for k, v in
+             {"input_ids": ids, "segment_ids": seg, "position_ids": pos, "labels": labels}.items()}
+
+    def loss_and_grads(runtime):
+        graphdef, params, rest = nnx.split(bcmb_jax.build(cfg, "mlm", seed=4, runtime=runtime), nnx.Param, ...)
+
+        def loss(p):
+            total, count, _ = mlm_step.mlm_loss_sum(nnx.merge(graphdef, p, rest), batch, cap=48)
+            return total / count
+
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (l0, g0) = loss_and_grads("reference")
+    (l1, g1) = loss_and_grads(bcmb_jax.Runtime("blocked", local_chunk=16, global_chunk=16, fold_norms=fold))
+    worst = max(float(jnp.abs(a - b).max() / (jnp.abs(a).max() + 1e-12))
+                for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+    print(f"blocked (fold_norms={fold}) vs reference: loss {abs(float(l0 - l1)):.2e}, grads max rel|d| = {worst:.2e}")
+    assert abs(float(l0 - l1)) <= 1e-5 and worst <= 1e-4
+
+
 def test_runtime_is_not_model_config():
     """How the model computes is a run-time option: config.json keys only in ModelConfig, checked choices."""
     assert not {"attention_backend", "local_chunk", "global_chunk"} & set(ModelConfig.__dataclass_fields__)
