@@ -32,7 +32,16 @@ from bcmb_jax.modeling import heads
 from bcmb_jax.modeling.attention import attention_heads_first
 from bcmb_jax.modeling.config import ModelConfig
 from bcmb_jax.modeling.inputs import check_ids, normalize_inputs
-from bcmb_jax.modeling.runtime import DEFAULT_RUNTIME, Runtime, add_bias, as_runtime, dense, normed_linear, remat_layer
+from bcmb_jax.modeling.runtime import (
+    DEFAULT_RUNTIME,
+    Runtime,
+    TokenLayerNorm,
+    add_bias,
+    as_runtime,
+    dense,
+    normed_linear,
+    remat_layer,
+)
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -153,7 +162,7 @@ class MLP(nnx.Module):
 
 
 def layer_norm(cfg: ModelConfig, dtype, rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.norm_eps, use_bias=cfg.norm_bias, dtype=dtype, rngs=rngs)
+    return TokenLayerNorm(cfg.hidden_size, epsilon=cfg.norm_eps, use_bias=cfg.norm_bias, dtype=dtype, rngs=rngs)
 
 
 class Layer(nnx.Module):

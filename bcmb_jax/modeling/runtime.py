@@ -69,6 +69,21 @@ def as_runtime(runtime: Runtime | str | None) -> Runtime:
 # Pre-norm + linear
 
 
+class TokenLayerNorm(nnx.LayerNorm):
+    """`nnx.LayerNorm` (same parameters, same function) applied to the tokens as one [N, D] matrix.
+
+    XLA:CPU runs the backward pass of a norm over a [1, T, D] batch about 10x slower than over the
+    same numbers as [T, D] (35 vs 3.4 ms at T = 2048, D = 768): 1.2 s of a 1 x 2,048 training step.
+    """
+
+    def __call__(self, x, *, mask=None):
+        if x.ndim <= 2 or mask is not None:
+            return super().__call__(x, mask=mask)
+        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+
+
 def normed_linear(rt: Runtime, norm: nnx.LayerNorm | None, linear: nnx.Linear, x_BTD: jax.Array) -> jax.Array:
     """`linear(norm(x))` (`linear(x)` without a norm); on the CPU paths with the norm folded in.
 
