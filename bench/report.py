@@ -69,6 +69,7 @@ def markdown(results: list[dict], meta: dict) -> str:
              "Packing: real tokens / tokens computed (JAX: packed rows; torch: batches padded to their longest)",
              "Ratios: medians; in brackets the range of the per-repeat ratios (the frameworks' repeats of a set "
              "alternate: jax, torch, jax, torch, ...)",
+             *([f"Workers: GLIBC_TUNABLES={meta['malloc']}"] if meta.get("malloc") else []),
              f"Device: {meta['device']}; versions: {meta['versions']}", ""]
     return "\n".join(lines)
 
@@ -79,6 +80,7 @@ def meta_of(results: list[dict], protocol: str, dtype: str, date: str) -> dict:
             "memory": "; ".join(sorted({r["memory"] for r in ok})) or "-",
             "peaks": {r["backend"]: r["gemm_peak_flops"] for r in ok},
             "device": ok[0]["device"] if ok else "-",
+            "malloc": "; ".join(sorted({r.get("malloc", "") for r in ok} - {""})),
             "versions": {k: v for r in ok for k, v in r["versions"].items()}}
 
 
