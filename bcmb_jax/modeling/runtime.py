@@ -82,8 +82,6 @@ class TokenLayerNorm(nnx.LayerNorm):
         return super().__call__(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
-
-
 def normed_linear(rt: Runtime, norm: nnx.LayerNorm | None, linear: nnx.Linear, x_BTD: jax.Array) -> jax.Array:
     """`linear(norm(x))` (`linear(x)` without a norm); on the CPU paths with the norm folded in.
 
@@ -108,21 +106,24 @@ def normed_linear(rt: Runtime, norm: nnx.LayerNorm | None, linear: nnx.Linear, x
     if norm.bias is not None:
         shift_O = norm.bias[...] @ linear.kernel[...]
         b_O = shift_O if b_O is None else b_O + shift_O
-    dtype = linear.dtype or x_BTD.dtype
-    xhat_BTD, W_DO = xhat_BTD.astype(dtype), W_DO.astype(dtype)
-    y = _matmul(xhat_BTD, W_DO) if linear.precision is None else jnp.dot(xhat_BTD, W_DO, precision=linear.precision)
-    return y if b_O is None else y + b_O.astype(dtype)
+    return _affine(xhat_BTD, W_DO, b_O, linear.dtype or x_BTD.dtype, linear.precision)
 
 
 def dense(rt: Runtime, linear: nnx.Linear, x_BTI: jax.Array) -> jax.Array:
     """`linear(x)`; on the CPU paths through `_matmul`, whose weight gradient is one token-major GEMM."""
-    if not rt.cpu_paths or linear.precision is not None:
+    if not rt.cpu_paths:
         return linear(x_BTI)
     kernel_IO = linear.kernel[...]
     bias_O = linear.bias[...] if linear.bias is not None else None
     dtype = linear.dtype or jnp.result_type(x_BTI, kernel_IO, *(() if bias_O is None else (bias_O,)))
-    y = _matmul(x_BTI.astype(dtype), kernel_IO.astype(dtype))
-    return y if bias_O is None else y + bias_O.astype(dtype)
+    return _affine(x_BTI, kernel_IO, bias_O, dtype, linear.precision)
+
+
+def _affine(x_BTI: jax.Array, w_IO: jax.Array, b_O: jax.Array | None, dtype, precision) -> jax.Array:
+    """x @ w + b in `dtype`, through `_matmul` unless a matmul precision is asked for."""
+    x_BTI, w_IO = x_BTI.astype(dtype), w_IO.astype(dtype)
+    y = _matmul(x_BTI, w_IO) if precision is None else jnp.dot(x_BTI, w_IO, precision=precision)
+    return y if b_O is None else y + b_O.astype(dtype)
 
 
 @jax.custom_vjp

@@ -166,33 +166,42 @@ def test_bfloat16_compute_close_to_float32(tmp_path):
     assert max_diff_valid(b, a, mask) < 0.1 * float(np.abs(a).max())
 
 
-@pytest.mark.parametrize("backend", ["blocked", "reference"])  # the hand-made recompute; jax.checkpoint
-def test_remat_gives_the_same_loss_and_gradients(backend):
-    """Recomputing every layer in the backward pass changes memory, not numbers (trainer's loss)."""
+def packed_mlm_batch(lengths: tuple[int, ...], pad: int, seed: int) -> dict:
+    """Two identical rows packing documents of `lengths` then `pad` padding tokens, ~30% of real tokens
+    masked: the MLM batch of `mlm_step`."""
+    T = sum(lengths) + pad
+    ids = rng_ids((2, T), seed=seed)
+    seg = np.repeat([[*range(1, len(lengths) + 1), 0]], 2, 0).repeat([*lengths, pad], axis=1)
+    pos = np.concatenate([*(np.arange(n) for n in lengths), np.zeros(pad, int)])[None].repeat(2, 0)
+    labels = np.where((np.random.default_rng(seed + 1).random((2, T)) < 0.3) & (seg > 0), ids, -100)
+    return {k: jnp.asarray(v, jnp.int32) for k, v in
+            {"input_ids": ids, "segment_ids": seg, "position_ids": pos, "labels": labels}.items()}
+
+
+def mlm_loss_and_grads(cfg: ModelConfig, batch: dict, cap: int, *, seed: int, **build_kw):
+    """`mlm_step`'s loss of a model built with `build_kw`, and its gradients."""
     import jax
     from flax import nnx
 
     from bcmb_jax.training import mlm_step
 
+    graphdef, params, rest = nnx.split(bcmb_jax.build(cfg, "mlm", seed=seed, **build_kw), nnx.Param, ...)
+
+    def loss(p):
+        total, count, _ = mlm_step.mlm_loss_sum(nnx.merge(graphdef, p, rest), batch, cap=cap)
+        return total / count
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("backend", ["blocked", "reference"])  # the hand-made recompute; jax.checkpoint
+def test_remat_gives_the_same_loss_and_gradients(backend):
+    """Recomputing every layer in the backward pass changes memory, not numbers (trainer's loss)."""
+    import jax
+
     cfg = ModelConfig.from_hf_dict(TINY)
-    ids = rng_ids((2, 64), seed=7)
-    seg = np.repeat([[1, 2, 0]], 2, 0).repeat([30, 30, 4], axis=1)
-    pos = np.concatenate([np.arange(30), np.arange(30), np.zeros(4, int)])[None].repeat(2, 0)
-    labels = np.where((np.random.default_rng(8).random((2, 64)) < 0.3) & (seg > 0), ids, -100)
-    batch = {k: jnp.asarray(v, jnp.int32) for k, v in
-             {"input_ids": ids, "segment_ids": seg, "position_ids": pos, "labels": labels}.items()}
-
-    def loss_and_grads(remat):
-        model = bcmb_jax.build(cfg, "mlm", seed=1, remat=remat, runtime=backend)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def loss(p):
-            total, count, _ = mlm_step.mlm_loss_sum(nnx.merge(graphdef, p, rest), batch, cap=64)
-            return total / count
-
-        return jax.jit(jax.value_and_grad(loss))(params)
-
-    (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+    batch = packed_mlm_batch((30, 30), pad=4, seed=7)
+    (l0, g0), (l1, g1) = (mlm_loss_and_grads(cfg, batch, 64, seed=1, remat=r, runtime=backend) for r in (False, True))
     worst = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
     print(f"{backend} remat vs stored activations: loss {abs(float(l0 - l1)):.2e}, grads max|d| = {worst:.2e}")
     assert abs(float(l0 - l1)) <= 1e-6 and worst <= 1e-5
@@ -224,29 +233,12 @@ def test_cpu_paths_give_the_reference_loss_and_gradients(fold):
     """The blocked runtime's hand-made pieces (kernels, folded norms, token-major weight gradients of
     `runtime.dense`, the decoder bias) change speed, not the MLM loss or any parameter's gradient."""
     import jax
-    from flax import nnx
-
-    from bcmb_jax.training import mlm_step
 
     cfg = ModelConfig.from_hf_dict({**TINY, "norm_bias": True, "attention_bias": True, "mlp_bias": True})
-    ids = rng_ids((2, 48), seed=11)
-    seg = np.repeat([[1, 2, 0]], 2, 0).repeat([20, 24, 4], axis=1)
-    pos = np.concatenate([np.arange(20), np.arange(24), np.zeros(4, int)])[None].repeat(2, 0)
-    labels = np.where((np.random.default_rng(12).random((2, 48)) < 0.3) & (seg > 0), ids, -100)
-    batch = {k: jnp.asarray(v, jnp.int32) for k, v in
-             {"input_ids": ids, "segment_ids": seg, "position_ids": pos, "labels": labels}.items()}
-
-    def loss_and_grads(runtime):
-        graphdef, params, rest = nnx.split(bcmb_jax.build(cfg, "mlm", seed=4, runtime=runtime), nnx.Param, ...)
-
-        def loss(p):
-            total, count, _ = mlm_step.mlm_loss_sum(nnx.merge(graphdef, p, rest), batch, cap=48)
-            return total / count
-
-        return jax.jit(jax.value_and_grad(loss))(params)
-
-    (l0, g0) = loss_and_grads("reference")
-    (l1, g1) = loss_and_grads(bcmb_jax.Runtime("blocked", local_chunk=16, global_chunk=16, fold_norms=fold))
+    batch = packed_mlm_batch((20, 24), pad=4, seed=11)
+    l0, g0 = mlm_loss_and_grads(cfg, batch, 48, seed=4, runtime="reference")
+    l1, g1 = mlm_loss_and_grads(cfg, batch, 48, seed=4,
+                                runtime=bcmb_jax.Runtime("blocked", local_chunk=16, global_chunk=16, fold_norms=fold))
     worst = max(float(jnp.abs(a - b).max() / (jnp.abs(a).max() + 1e-12))
                 for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
     print(f"blocked (fold_norms={fold}) vs reference: loss {abs(float(l0 - l1)):.2e}, grads max rel|d| = {worst:.2e}")
