@@ -2,8 +2,8 @@
 
 Backends (the run-time option `Runtime.attention_backend`, see `runtime.py`):
   reference  `jax.nn.dot_product_attention` with the dense T x T mask; the oracle of the tests.
-  blocked    the XLA:CPU kernels of `blocked.py`: banded local layers, block-skipping online
-             softmax for global layers, O(T * block) memory in both passes. The default.
+  blocked    the XLA:CPU kernels: banded local layers (`banded.py`), block-skipping online softmax
+             for global layers (`blocked.py`), O(T * block) memory in both passes. The default.
   gpu        the Pallas kernel of `pallas_attention.py` for both layer kinds (per-query key
              ranges: document span, and the window on local layers). Falls back to `blocked`
              when no GPU is present, unless `interpret=True` (the Pallas interpreter, for tests).
@@ -54,10 +54,17 @@ def attention_heads_first(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Arra
         return pallas_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale, interpret=interpret)
     if backend not in ATTENTION_BACKENDS:
         raise ConfigError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
-    from bcmb_jax.modeling.blocked import blocked_attention
+    from bcmb_jax.modeling.banded import local_attention
+    from bcmb_jax.modeling.blocked import GLOBAL_QUERY_BLOCK, global_attention, round_up
 
-    return blocked_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale,
-                             local_chunk=local_chunk, global_chunk=global_chunk)
+    q_BNTK = q_BNTK * jnp.asarray(scale, q_BNTK.dtype)
+    T = q_BNTK.shape[2]
+    if window is not None:
+        if local_chunk < window:
+            raise ValueError(f"local chunk {local_chunk} must be >= the half window {window}")
+        return local_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window, min(local_chunk, round_up(T, 8)))
+    k_block = min(global_chunk, round_up(T, 8))
+    return global_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, min(GLOBAL_QUERY_BLOCK, k_block), k_block)
 
 
 @functools.cache

@@ -1,19 +1,18 @@
-"""Blocked attention kernels for XLA:CPU: the `blocked` backend (see `attention.py` for the function).
+"""Blocked attention of the global layers for XLA:CPU (the `blocked` backend; `banded.py` has the local
+layers, `attention.py` the function), and the pieces both kernels share.
 
-Local layers run as banded query blocks, O(T * window) time and memory; global layers as an
-online softmax over key blocks that skips the blocks no query of the block can see (other
-documents of a packed row). Both have a hand-written backward pass that recomputes the scores,
-so no T x T buffer exists in the forward or the backward pass.
+Global layers run as an online softmax over key blocks that skips the blocks no query of the block
+can see (other documents of a packed row). The backward pass is written by hand and recomputes the
+scores, so no T x T buffer exists in the forward or the backward pass.
 
 XLA:CPU runs each operation over a whole array before the next starts, so a [rows, heads, T, keys]
-buffer would make every softmax pass a trip to main memory. The kernels therefore loop over blocks
-so that the scores of a block stay in cache: local layers over (row, query block) pairs, global
-layers per row over key blocks and, inside, query blocks (each key/value block is sliced once; the
-online-softmax state of the row is updated in place), with a mask only on the block pairs that
-straddle a segment boundary. On other platforms the blocks are vectorized.
+buffer would make every softmax pass a trip to main memory. The kernel therefore loops, per row, over
+key blocks and, inside, query blocks, so that the scores of a block stay in cache (each key/value block
+is sliced once; the online-softmax state of the row is updated in place), with a mask only on the
+block pairs that straddle a segment boundary. On other platforms the rows are vectorized.
 
-Shapes follow `model.py`'s key; Q is the queries of one block (`C` or `Cq` of them) and S the keys of
-its window or key block.
+Shapes follow `model.py`'s key; Q is the queries of one block (`Cq` of them) and S the keys of its key
+block.
 """
 
 from __future__ import annotations
@@ -25,29 +24,15 @@ import jax.numpy as jnp
 
 from bcmb_jax.modeling.masks import NEG, segment_spans
 
-LOCAL_BLOCKS_PER_STEP = 4  # local query blocks per loop step on CPU
 GLOBAL_QUERY_BLOCK = 256  # queries per block of the global kernel (scores of a block: heads x 256 x key block)
 RANGE_KEY_STEP = 512  # keys per step when a query block walks its own key range (rows of several documents)
 RANGE_WORK_SHARE = 0.75  # a row walks per-query-block key ranges when they cost this share of its block pairs
 f32 = jnp.float32
 
 
-def blocked_attention(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Array, seg_BT: jax.Array, *,
-                      window: int | None, scale: float, local_chunk: int = 64, global_chunk: int = 1024):
-    """Attention of heads-first q/k/v_BNTK; `local_chunk` query block of the local layers (>= window),
-    `global_chunk` key block of the global ones."""
-    q_BNTK = q_BNTK * jnp.asarray(scale, q_BNTK.dtype)
-    T = q_BNTK.shape[2]
-    if window is not None:
-        if local_chunk < window:
-            raise ValueError(f"local chunk {local_chunk} must be >= the half window {window}")
-        return local_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window, min(local_chunk, _round_up(T, 8)))
-    k_block = min(global_chunk, _round_up(T, 8))
-    return global_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, min(GLOBAL_QUERY_BLOCK, k_block), k_block)
-
-
-def _round_up(x: int, m: int) -> int:
+def round_up(x: int, m: int) -> int:
     return -(-x // m) * m
+
 
 # ---------------------------------------------------------------------------------------------
 # Shared pieces of the blocked kernels
@@ -79,32 +64,21 @@ def _tied_zeros(shape, tie, fill: float = 0.0):
     return jnp.full(shape, fill, f32) + 0 * tie.astype(f32)
 
 
-def _over_blocks(fn, n: int, tie, per_step: int = 1):
+def _over_blocks(fn, n: int, tie):
     """Stacked fn(0), ..., fn(n - 1) (a pytree of arrays with a leading axis n).
 
-    On CPU a loop computes `per_step` blocks at a time (a cache-sized working set) into output
-    buffers tied to `tie`; elsewhere the blocks are vectorized.
+    On CPU a loop computes one block at a time (a cache-sized working set) into output buffers tied to
+    `tie`; elsewhere the blocks are vectorized.
     """
     if jax.default_backend() != "cpu":
         return jax.vmap(fn)(jnp.arange(n))
-    per_step = per_step if n % per_step == 0 else 1
-    step = jax.vmap(fn) if per_step > 1 else (lambda idx: jax.tree.map(lambda x: x[None], fn(idx[0])))
-    shapes = jax.eval_shape(step, jnp.zeros(per_step, jnp.int32))
-    outs = jax.tree.map(lambda sd: _tied_zeros((n, *sd.shape[1:]), tie).astype(sd.dtype), shapes)
+    shapes = jax.eval_shape(fn, jnp.int32(0))
+    outs = jax.tree.map(lambda sd: _tied_zeros((n, *sd.shape), tie).astype(sd.dtype), shapes)
 
-    def body(s, outs):
-        res = step(s * per_step + jnp.arange(per_step))
-        return jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, s * per_step, 0), outs, res)
+    def body(i, outs):
+        return jax.tree.map(lambda o, r: jax.lax.dynamic_update_index_in_dim(o, r, i, 0), outs, fn(i))
 
-    return jax.lax.fori_loop(0, n // per_step, body, outs)
-
-
-def _unblock(x, B: int, n: int, T: int):
-    """[B * n, N, C, ...] per-block results -> [B, N, T, ...] (dropping the padded tail)."""
-    _, N, C = x.shape[:3]
-    x = x.reshape(B, n, N, C, *x.shape[3:])
-    x = jnp.moveaxis(x, 1, 2).reshape(B, N, n * C, *x.shape[4:])
-    return x[:, :, :T]
+    return jax.lax.fori_loop(0, n, body, outs)
 
 
 def _scores_keys_first(q_NQK, k_NSK):
@@ -133,104 +107,6 @@ def _block_grads(p_NSQ, ds_NSQ, q_NQK, k_NSK, do_NQK):
 
 def _delta(do_BNTK, o_BNTK):
     return jnp.einsum("bntk,bntk->bnt", do_BNTK.astype(f32), o_BNTK.astype(f32))
-
-
-# ---------------------------------------------------------------------------------------------
-# Local layers: each query block of C tokens against its window of C + 2w keys.
-
-
-def _local_setup(k, v, seg, w: int, C: int):
-    B, N, T, K = k.shape
-    nC = -(-T // C)
-    tail = nC * C - T
-    # Keys padded by w on both sides (segment -2 matches nothing): block i's window starts at i*C.
-    kp, vp = (_pad_axis(x, 2, w, tail + w) for x in (k, v))
-    segk = _pad_axis(seg, 1, w, tail + w, -2)
-    segq = _pad_axis(seg, 1, 0, tail, -1)  # -1: padding added here; it matches only itself
-    a = jnp.arange(C)[:, None]
-    b = jnp.arange(C + 2 * w)[None, :]
-    band_QS = jnp.abs(b - w - a) <= w  # key b of the window is token i*C - w + b; query a is i*C + a
-    return nC, kp, vp, segq, segk, band_QS
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def local_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window: int, chunk: int):
-    """Banded attention (q pre-scaled): |i - j| <= window inside a segment; O(T * (chunk + 2 window))."""
-    return _local_fwd(q_BNTK, k_BNTK, v_BNTK, seg_BT, window, chunk)[0]
-
-
-def _local_fwd(q, k, v, seg, w, C):
-    B, N, T, K = q.shape
-    nC, S = -(-T // C), C + 2 * w
-    Lk = max(nC * C, S)  # keys are padded only when T is not a multiple of C or shorter than a window
-    qp = _pad_axis(q, 2, 0, nC * C - T)
-    kp, vp = (_pad_axis(x, 2, 0, Lk - T) for x in (k, v))
-    segq = _pad_axis(seg, 1, 0, nC * C - T, -1)
-    segk = _pad_axis(seg, 1, 0, Lk - T, -2)
-    a_QS = jnp.arange(C)[:, None] - jnp.arange(S)[None, :]
-
-    def one(idx):
-        b, i = idx // nC, idx % nC
-        # Window of S keys from i*C - w, moved inside [0, Lk) at the edges (it still holds every key
-        # within w of the block's queries); the band is then |key - query| <= w in row positions.
-        start = jnp.clip(i * C - w, 0, Lk - S)
-        q_NQK = _block(qp, b, i * C, C)
-        k_NSK, v_NSK = _block(kp, b, start, S), _block(vp, b, start, S)
-        band = jnp.abs(a_QS + (i * C - start)) <= w
-        ok_QS = band & (_block(segq, b, i * C, C)[:, None] == _block(segk, b, start, S)[None, :])
-        s = jnp.where(ok_QS, jnp.einsum("nqk,nsk->nqs", q_NQK, k_NSK, preferred_element_type=f32), NEG)
-        m = s.max(-1)
-        p = jnp.exp(s - m[..., None])
-        l_NQ = p.sum(-1)
-        o = jnp.einsum("nqs,nsk->nqk", p.astype(v.dtype), v_NSK, preferred_element_type=f32) / l_NQ[..., None]
-        return o.astype(q.dtype), m + jnp.log(l_NQ)
-
-    o, lse = _over_blocks(one, B * nC, q.reshape(-1)[0], LOCAL_BLOCKS_PER_STEP)
-    return _unblock(o, B, nC, T), _unblock(lse, B, nC, T)
-
-
-def _local_fwd_rule(q, k, v, seg, w, C):
-    o, lse = _local_fwd(q, k, v, seg, w, C)
-    return o, (q, k, v, seg, o, lse)
-
-
-def _local_bwd_rule(w, C, res, do):
-    q, k, v, seg, o, lse = res
-    B, N, T, K = q.shape
-    nC, kp, vp, segq, segk, band = _local_setup(k, v, seg, w, C)
-    tail = nC * C - T
-    qp, dop = _pad_axis(q, 2, 0, tail), _pad_axis(do.astype(v.dtype), 2, 0, tail)
-    lsep, deltap = _pad_axis(lse, 2, 0, tail), _pad_axis(_delta(do, o), 2, 0, tail)
-    S = C + 2 * w
-
-    def one(idx):
-        b, i = idx // nC, idx % nC
-        q_NQK, do_NQK = _block(qp, b, i * C, C), _block(dop, b, i * C, C)
-        k_NSK, v_NSK = _block(kp, b, i * C, S), _block(vp, b, i * C, S)
-        ok_SQ = band.T & (_block(segk, b, i * C, S)[:, None] == _block(segq, b, i * C, C)[None, :])
-        p, ds = _softmax_grads(_scores_keys_first(q_NQK, k_NSK), ok_SQ, _block(lsep, b, i * C, C), do_NQK,
-                               _block(deltap, b, i * C, C), v_NSK)
-        return _block_grads(p, ds, q_NQK, k_NSK, do_NQK)
-
-    dq, dk_win, dv_win = _over_blocks(one, B * nC, do.reshape(-1)[0])
-
-    def fold(x_win):
-        # Window i covers padded key positions [i*C, i*C + C + 2w): add the overlapping windows back.
-        x = x_win.reshape(B, nC, N, S, K)
-        y = _tied_zeros((B, N, nC * C + 2 * w, K), x_win.reshape(-1)[0])
-        for part in range(-(-S // C)):  # pieces of C keys (the last may be shorter)
-            lo, hi = part * C, min(S, (part + 1) * C)
-            piece = jnp.moveaxis(x[:, :, :, lo:hi], 1, 2)  # [B, N, nC, hi - lo, K]
-            piece = _pad_axis(piece, 3, 0, C - (hi - lo)).reshape(B, N, nC * C, K)
-            # flat index f of this piece is padded key position f + lo (lax.pad crops when negative)
-            y = y + jax.lax.pad(piece, jnp.zeros((), f32), [(0, 0, 0), (0, 0, 0), (lo, 2 * w - lo, 0), (0, 0, 0)])
-        return y[:, :, w:w + T]
-
-    return (_unblock(dq, B, nC, T).astype(q.dtype), fold(dk_win).astype(k.dtype), fold(dv_win).astype(v.dtype),
-            None)
-
-
-local_attention.defvjp(_local_fwd_rule, _local_bwd_rule)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +229,7 @@ def _query_block_ranges(seg_BT, Cq: int, nQ: int):
 def _ranges_row(qp, k, v, segq, seg, lo, hi, Cq: int, T: int, b):
     """One row of the global forward pass, query block after query block, each walking only its key range."""
     N, Tq, K = qp.shape[1:]
-    S = min(RANGE_KEY_STEP, _round_up(T, 8))
+    S = min(RANGE_KEY_STEP, round_up(T, 8))
     kp, vp = (_pad_axis(x, 2, 0, S) for x in (k, v))  # a step that starts near the end never wraps or clamps
     segk = _pad_axis(seg, 1, 0, S, -2)
 
