@@ -3,9 +3,9 @@
 Owns the architecture and nothing else of the system: `config.py` (ModelConfig, HF config.json),
 `model.py` (backbone and task heads), `inputs.py` (padded or packed rows), `heads.py` (the task-head
 registry), `masks.py` (which keys a query may see), `attention.py` (backend dispatch) with its kernels
-`blocked.py` (XLA:CPU) and `pallas_attention.py` (GPUs), `runtime.py` (the run-time compute option),
-`state.py` (the model as graph + pure-dict parameters) and `infer.py` (packed inference). It imports
-nothing from weights, data, training or evaluation.
+`banded.py` and `blocked.py` (XLA:CPU: local and global layers) and `pallas_attention.py` (GPUs),
+`runtime.py` (the run-time compute option), `state.py` (the model as graph + pure-dict parameters) and
+`infer.py` (packed inference). It imports nothing from weights, data, training or evaluation.
 """
 
 from bcmb_jax.modeling.config import ModelConfig

@@ -6,8 +6,9 @@ For query i and key j of one packed row:
 
 Segment 0 is padding; its tokens attend only to each other, so every query has at least itself to
 attend to and no row is ever fully masked (no NaN). Documents in a row must be contiguous, so index
-distance equals position distance inside a document. The kernels (`blocked.py`, `pallas_attention.py`)
-compute the same function without the dense mask; `segment_spans` gives them each token's document span.
+distance equals position distance inside a document. The kernels (`banded.py`, `blocked.py`,
+`pallas_attention.py`) compute the same function without the dense mask; `segment_spans` gives them each
+token's document span.
 """
 
 from __future__ import annotations
