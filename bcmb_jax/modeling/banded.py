@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from bcmb_jax.modeling.blocked import _delta, _tied_zeros, f32
+from bcmb_jax.modeling.blocked import _delta, _pad_axis, _tied_zeros, f32
 from bcmb_jax.modeling.masks import NEG
 
 LOCAL_STEP_TOKENS = 512  # CPU: queries per loop step (rows x chunks); 256 and 1024 were slower at 512 to 8192 tokens
@@ -43,9 +43,7 @@ def _plan(B: int, nC: int, C: int) -> tuple[int, int, int]:
 def _chunked(x, C: int, nCp: int, fill=0):
     """[B, N, T, ...] (or seg [B, T]) -> [B, N, nCp + 2, C, ...]: one chunk of `fill` before the row, the rest after."""
     ax = 2 if x.ndim >= 3 else 1
-    widths = [(0, 0)] * x.ndim
-    widths[ax] = (C, (nCp + 1) * C - x.shape[ax])
-    x = jnp.pad(x, widths, constant_values=fill)
+    x = _pad_axis(x, ax, C, (nCp + 1) * C - x.shape[ax], fill)
     return x.reshape(*x.shape[:ax], nCp + 2, C, *x.shape[ax + 1:])
 
 
@@ -56,16 +54,16 @@ def _take(x, r0, g0, R: int, n: int, ax: int = 2):
     return jax.lax.dynamic_slice(x, starts, sizes)
 
 
-def _windows(x_RNCpCK, G: int):
-    """[R, N, G + 2, C, K] -> [R, N, G, 3C, K]: chunk g sees chunks g - 1, g, g + 1 (of the unpadded count)."""
-    return jnp.concatenate([x_RNCpCK[:, :, j:j + G] for j in range(3)], axis=3)
+def _windows(x, G: int, ax: int = 2):
+    """[R, N, G + 2, C, K] -> [R, N, G, 3C, K] (or seg [R, G + 2, C] -> [R, G, 3C] with ax=1): chunk g
+    sees chunks g - 1, g, g + 1 (of the unpadded count)."""
+    return jnp.concatenate([jax.lax.slice_in_dim(x, j, j + G, axis=ax) for j in range(3)], axis=ax + 1)
 
 
 def _allowed(seg_BCpC, band_CW, r0, g0, R: int, G: int):
     """[R, G, C, W]: inside the band and the same segment."""
     s = _take(seg_BCpC, r0, g0, R, G + 2, ax=1)
-    keys_RGW = jnp.concatenate([s[:, j:j + G] for j in range(3)], axis=2)
-    return band_CW & (s[:, 1:G + 1, :, None] == keys_RGW[:, :, None, :])
+    return band_CW & (s[:, 1:G + 1, :, None] == _windows(s, G, ax=1)[:, :, None, :])
 
 
 def _setup(q, seg, w: int, C: int):
