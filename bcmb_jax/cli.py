@@ -23,6 +23,7 @@ import argparse
 import functools
 import gc
 import io
+import logging
 import os
 import signal
 import sys
@@ -311,6 +312,11 @@ def run(main: Callable[..., int]) -> None:
     status = main()
     sys.stdout.flush()
     sys.stderr.flush()
+    if status == INPUT_STATUS and not debug_requested():
+        # The error line is the whole report: a failed orbax read leaves asyncio tasks whose exceptions
+        # would otherwise be logged (dozens of lines) when they are collected during shutdown.
+        logging.disable(logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None
     if status > 128:
         os._exit(status)  # background writer threads must not keep an interrupted process alive
     sys.exit(status)

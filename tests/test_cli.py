@@ -62,3 +62,42 @@ def test_library_errors_name_the_file(tmp_path, capsys):
         raise KeyboardInterrupt
 
     assert interrupted([]) == 130 and capsys.readouterr().err.startswith("error: interrupted")
+
+
+
+BACKGROUND_FAILURE = """
+import asyncio
+from bcmb_jax import cli
+from bcmb_jax.errors import InputError
+
+@cli.command
+def main(argv):
+    async def read():
+        raise ValueError("a background read failed\\nwith a long, multi-line spec")
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(read())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    cycle = [task]
+    cycle.append(cycle)  # like orbax's: freed by the collector after the error line, its exception never retrieved
+    raise InputError("weights/params: no readable orbax checkpoint metadata; truncated or corrupt?")
+
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_error_line_is_all_of_stderr_even_with_failed_background_tasks(debug):
+    """A failed orbax read leaves asyncio tasks that log their exceptions when collected at shutdown;
+    nothing follows the error line (with --debug the log stays)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", BACKGROUND_FAILURE, *(["--debug"] if debug else [])], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    line = "error: weights/params: no readable orbax checkpoint metadata; truncated or corrupt?\n"
+    assert run.returncode == 2
+    if debug:
+        assert line in run.stderr and "Task exception was never retrieved" in run.stderr
+    else:
+        assert run.stderr == line

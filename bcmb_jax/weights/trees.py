@@ -64,6 +64,7 @@ def stored_arrays(path: str | Path) -> dict[tuple[str, ...], Any]:
     finally:
         absl.setLevel(level)
     if meta is None or getattr(meta, "tree", None) is None:
+        drop_failed_tasks()
         raise DamagedCheckpoint(f"{path}: no readable orbax checkpoint metadata; truncated or corrupt?")
     tree = meta.tree
     return flatten_dict(tree)
