@@ -1,6 +1,7 @@
 # Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
 # `make demo REAL=1` uses ../shared/data (real tokenizer and pretraining sample) instead of the embedded corpus.
-PYTHON ?= python3
+# The project needs Python 3.11: python3.11 when it is on PATH, else python3.
+PYTHON ?= $(shell command -v python3.11 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

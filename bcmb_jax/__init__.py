@@ -7,7 +7,8 @@
     evaluation/  the paper's tasks, its fine-tuning protocol (JAX and torch), results
 
 Shared by all: `errors.py` (input errors), `cli.py` (the one error path of every command), `atomic.py`
-(the one atomic writer) and `runconfig.py` (YAML run configs). Imports flow down this list, never up.
+(the one atomic writer) and `runconfig.py` (YAML run configs). A package imports only those above it
+in this list (tests/test_layout.py).
 """
 
 from bcmb_jax.errors import ConfigError, WeightsError

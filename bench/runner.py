@@ -24,7 +24,7 @@ BYTES_PER_TOKEN_UNIT = {"jax": 20, "torch": 30}
 MEMORY_SHARE = 0.7  # of the free memory that the first guess of rows may fill
 # glibc malloc of every worker (both frameworks alike) keeps what it frees: one arena, no mmap per buffer,
 # no trimming. XLA:CPU allocates a step's buffers afresh each time; with glibc's defaults a 4 x 512 training
-# step faults in ~4 GB of new pages, and after the other framework's turn took up to 12.4 s instead of 7.9 s.
+# step faults in ~4 GB of new pages, and after the other framework's turn took up to 12.8 s instead of 7.9 s.
 # A GLIBC_TUNABLES already set is kept.
 WORKER_MALLOC = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 

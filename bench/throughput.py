@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", help="a Hugging Face model directory (any encoder for the torch backends; "
                                     "ModernBERT for jax); default: random weights of --size")
     ap.add_argument("--size", default="base", choices=sorted(SIZES))
-    ap.add_argument("--samples", default="8,2", help="documents per set (paper: 4096); one number, or one per length")
+    ap.add_argument("--samples", default="8,2", help="documents per set (paper: 8192); one number, or one per length")
     ap.add_argument("--lengths", default="512,2048", help="comma-separated L; sets fixed_L and variable_L")
     ap.add_argument("--sets", default="fixed,variable", help="which of fixed,variable to run")
     ap.add_argument("--backends", default="jax,torch-sdpa", help=f"comma-separated, of {','.join(BENCH_BACKENDS)}")

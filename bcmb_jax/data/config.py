@@ -16,7 +16,8 @@ class SourceConfig:
     name: str = opt("data", "name shown in stats")
     paths: list[str] = opt([], "files, directories (searched recursively) or glob patterns")
     format: str = opt("auto", "auto | text (one document per file) | lines (one per line) | jsonl | json | "
-                              "csv | parquet | textgrid; auto picks by extension, unknown ones read as text")
+                              "csv | parquet | textgrid | mds (MosaicML shards); auto picks by extension, "
+                              "unknown ones read as text")
     field: Any = opt("text", "JSON/JSONL/Parquet field or CSV column: a name (dotted path into nested JSON) "
                              "or a 0-based column index; a list (or 'a,b') makes each field its own document")
     weight: float = opt(1.0, "times each chunk of this source is seen per epoch (0.5 = a fresh random half "

@@ -29,10 +29,10 @@ _INFINITE = 2**62  # length of an endlessly repeating chunk stream
 @dataclass(frozen=True)
 class MaskSpec:
     rate: float  # fraction of non-pad tokens selected
-    seed: int
-    mask_id: int
-    low: int  # random replacement ids are uniform in [low, high)
-    high: int
+    seed: int  # masks are a function of (seed, step, row): resumable and the same on any host count
+    mask_id: int  # the [MASK] token id (80% of the selected tokens)
+    low: int  # random replacement ids (10% of the selected tokens) are uniform in [low, high)
+    high: int  # exclusive upper bound of the random ids
     special_ids: tuple[int, ...] = ()  # never selected (empty = everything may be masked)
 
 

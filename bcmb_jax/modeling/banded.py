@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from bcmb_jax.modeling.blocked import _delta, _pad_axis, _tied_zeros, f32
+from bcmb_jax.modeling.blocked import f32, pad_axis, softmax_delta, tied_zeros
 from bcmb_jax.modeling.masks import NEG
 
 LOCAL_STEP_TOKENS = 512  # CPU: queries per loop step (rows x chunks); 256 and 1024 were slower at 512 to 8192 tokens
@@ -43,7 +43,7 @@ def _plan(B: int, nC: int, C: int) -> tuple[int, int, int]:
 def _chunked(x, C: int, nCp: int, fill=0):
     """[B, N, T, ...] (or seg [B, T]) -> [B, N, nCp + 2, C, ...]: one chunk of `fill` before the row, the rest after."""
     ax = 2 if x.ndim >= 3 else 1
-    x = _pad_axis(x, ax, C, (nCp + 1) * C - x.shape[ax], fill)
+    x = pad_axis(x, ax, C, (nCp + 1) * C - x.shape[ax], fill)
     return x.reshape(*x.shape[:ax], nCp + 2, C, *x.shape[ax + 1:])
 
 
@@ -107,8 +107,8 @@ def _local_fwd(q, k, v, seg, w: int, C: int):
                 jax.lax.dynamic_update_slice(lse_buf, m + jnp.log(l_RNGC), (r0, 0, g0, 0)))
 
     tie = q.reshape(-1)[0]
-    o, lse = _loop(step, (B // R) * nG, (_tied_zeros((B, N, nCp, C, K), tie).astype(q.dtype),
-                                         _tied_zeros((B, N, nCp, C), tie)))
+    o, lse = _loop(step, (B // R) * nG, (tied_zeros((B, N, nCp, C, K), tie).astype(q.dtype),
+                                         tied_zeros((B, N, nCp, C), tie)))
     return o.reshape(B, N, nCp * C, K)[:, :, :T], lse.reshape(B, N, nCp * C)[:, :, :T]
 
 
@@ -129,7 +129,7 @@ def _local_bwd_rule(w, C, res, do):
     B, N, T, K = q.shape
     nC, R, G, nCp, seg_c, band_CW = _setup(q, seg, w, C)
     q_c, k_c, v_c, do_c = (_chunked(x, C, nCp) for x in (q, k, v, do.astype(v.dtype)))
-    lse_c, delta_c = (_chunked(x, C, nCp) for x in (lse, _delta(do, o)))
+    lse_c, delta_c = (_chunked(x, C, nCp) for x in (lse, softmax_delta(do, o)))
     nG = nCp // G
 
     def step(i, out):
@@ -152,9 +152,9 @@ def _local_bwd_rule(w, C, res, do):
                 jax.lax.dynamic_update_slice(dv_buf, _take(dv_buf, r0, g0, R, G + 2) + dv, at))
 
     tie = do.reshape(-1)[0]
-    dq, dk, dv = _loop(step, (B // R) * nG, (_tied_zeros((B, N, nCp, C, K), tie),
-                                             _tied_zeros((B, N, nCp + 2, C, K), tie),
-                                             _tied_zeros((B, N, nCp + 2, C, K), tie)))
+    dq, dk, dv = _loop(step, (B // R) * nG, (tied_zeros((B, N, nCp, C, K), tie),
+                                             tied_zeros((B, N, nCp + 2, C, K), tie),
+                                             tied_zeros((B, N, nCp + 2, C, K), tie)))
 
     def rows(x, first: int):
         return x[:, :, first:first + nC].reshape(B, N, nC * C, K)[:, :, :T]

@@ -38,10 +38,15 @@ def round_up(x: int, m: int) -> int:
 # Shared pieces of the blocked kernels
 
 
-def _pad_axis(x, axis: int, before: int, after: int, fill=0):
+def pad_axis(x, axis: int, before: int, after: int, fill=0):
     widths = [(0, 0)] * x.ndim
     widths[axis] = (before, after)
     return jnp.pad(x, widths, constant_values=fill)
+
+
+def softmax_delta(do_BNTK, o_BNTK):
+    """Per-query sum of dO * O, the term the softmax backward subtracts from dP (FlashAttention's D)."""
+    return jnp.einsum("bntk,bntk->bnt", do_BNTK.astype(f32), o_BNTK.astype(f32))
 
 
 def _block(x, b, start, size: int):
@@ -54,7 +59,7 @@ def _block(x, b, start, size: int):
     return jax.lax.dynamic_slice(x, starts, sizes)[0]
 
 
-def _tied_zeros(shape, tie, fill: float = 0.0):
+def tied_zeros(shape, tie, fill: float = 0.0):
     """A constant array that XLA cannot compute before `tie` exists.
 
     Loop buffers initialised from plain constants depend on nothing, and XLA:CPU's scheduler may
@@ -73,7 +78,7 @@ def _over_blocks(fn, n: int, tie):
     if jax.default_backend() != "cpu":
         return jax.vmap(fn)(jnp.arange(n))
     shapes = jax.eval_shape(fn, jnp.int32(0))
-    outs = jax.tree.map(lambda sd: _tied_zeros((n, *sd.shape), tie).astype(sd.dtype), shapes)
+    outs = jax.tree.map(lambda sd: tied_zeros((n, *sd.shape), tie).astype(sd.dtype), shapes)
 
     def body(i, outs):
         return jax.tree.map(lambda o, r: jax.lax.dynamic_update_index_in_dim(o, r, i, 0), outs, fn(i))
@@ -105,10 +110,6 @@ def _block_grads(p_NSQ, ds_NSQ, q_NQK, k_NSK, do_NQK):
     return dq, dk, dv
 
 
-def _delta(do_BNTK, o_BNTK):
-    return jnp.einsum("bntk,bntk->bnt", do_BNTK.astype(f32), o_BNTK.astype(f32))
-
-
 # ---------------------------------------------------------------------------------------------
 # Global layers: online softmax over the key blocks a query block can see.
 
@@ -122,10 +123,10 @@ def _key_block_ranges(seg_BT, Cq: int, Ck: int, nQ: int):
 def _global_setup(q, k, v, seg, Cq, Ck):
     B, N, T, K = q.shape
     nQ, nK = -(-T // Cq), -(-T // Ck)
-    qp = _pad_axis(q, 2, 0, nQ * Cq - T)
-    kp, vp = (_pad_axis(x, 2, 0, nK * Ck - T) for x in (k, v))
-    segq = _pad_axis(seg, 1, 0, nQ * Cq - T, -1)
-    segk = _pad_axis(seg, 1, 0, nK * Ck - T, -2)
+    qp = pad_axis(q, 2, 0, nQ * Cq - T)
+    kp, vp = (pad_axis(x, 2, 0, nK * Ck - T) for x in (k, v))
+    segq = pad_axis(seg, 1, 0, nQ * Cq - T, -1)
+    segk = pad_axis(seg, 1, 0, nK * Ck - T, -2)
     lo, hi = _key_block_ranges(seg, Cq, Ck, nQ)
     j = jnp.arange(nK)
     visit = (lo[:, :, None] <= j) & (j < hi[:, :, None])  # [B, nQ, nK]
@@ -192,7 +193,7 @@ def _global_fwd(q, k, v, seg, Cq, Ck):
             return jax.lax.scan(query_block, carry, jnp.arange(nQ))[0], None
 
         Tq, tie = nQ * Cq, _block(qp, b, 0, 1)[0, 0, 0]
-        init = (_tied_zeros((N, Tq), tie, NEG), _tied_zeros((N, Tq), tie), _tied_zeros((N, Tq, K), tie))
+        init = (tied_zeros((N, Tq), tie, NEG), tied_zeros((N, Tq), tie), tied_zeros((N, Tq, K), tie))
         (m, l_NQ, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nK))
         return (acc / l_NQ[..., None])[:, :T].astype(q.dtype), (m + jnp.log(l_NQ))[:, :T]
 
@@ -221,8 +222,8 @@ def _query_block_ranges(seg_BT, Cq: int, nQ: int):
     B, T = seg_BT.shape
     first, last = segment_spans(seg_BT)
     tail = nQ * Cq - T
-    lo = _pad_axis(first, 1, 0, tail, T).reshape(B, nQ, Cq).min(-1)
-    hi = _pad_axis(last, 1, 0, tail, 0).reshape(B, nQ, Cq).max(-1) + 1
+    lo = pad_axis(first, 1, 0, tail, T).reshape(B, nQ, Cq).min(-1)
+    hi = pad_axis(last, 1, 0, tail, 0).reshape(B, nQ, Cq).max(-1) + 1
     return lo, hi
 
 
@@ -230,8 +231,8 @@ def _ranges_row(qp, k, v, segq, seg, lo, hi, Cq: int, T: int, b):
     """One row of the global forward pass, query block after query block, each walking only its key range."""
     N, Tq, K = qp.shape[1:]
     S = min(RANGE_KEY_STEP, round_up(T, 8))
-    kp, vp = (_pad_axis(x, 2, 0, S) for x in (k, v))  # a step that starts near the end never wraps or clamps
-    segk = _pad_axis(seg, 1, 0, S, -2)
+    kp, vp = (pad_axis(x, 2, 0, S) for x in (k, v))  # a step that starts near the end never wraps or clamps
+    segk = pad_axis(seg, 1, 0, S, -2)
 
     def query_block(out, i):
         q_NQK, segq_Q = _block(qp, b, i * Cq, Cq), _block(segq, b, i * Cq, Cq)
@@ -245,14 +246,14 @@ def _ranges_row(qp, k, v, segq, seg, lo, hi, Cq: int, T: int, b):
             return _online_softmax(state, s, v_NSK)
 
         tie = q_NQK[0, 0, 0]
-        init = (_tied_zeros((N, Cq), tie, NEG), _tied_zeros((N, Cq), tie), _tied_zeros((N, Cq, K), tie))
+        init = (tied_zeros((N, Cq), tie, NEG), tied_zeros((N, Cq), tie), tied_zeros((N, Cq, K), tie))
         m, l_NQ, acc = jax.lax.fori_loop(0, -(-(hi[b, i] - start) // S), step, init)
         o_buf, lse_buf = out
         return (jax.lax.dynamic_update_slice_in_dim(o_buf, (acc / l_NQ[..., None]).astype(qp.dtype), i * Cq, 1),
                 jax.lax.dynamic_update_slice_in_dim(lse_buf, m + jnp.log(l_NQ), i * Cq, 1)), None
 
     tie = _block(qp, b, 0, 1)[0, 0, 0]
-    init = (_tied_zeros((N, Tq, K), tie).astype(qp.dtype), _tied_zeros((N, Tq), tie))
+    init = (tied_zeros((N, Tq, K), tie).astype(qp.dtype), tied_zeros((N, Tq), tie))
     (o, lse), _ = jax.lax.scan(query_block, init, jnp.arange(Tq // Cq))
     return o[:, :T], lse[:, :T]
 
@@ -266,8 +267,8 @@ def _global_bwd_rule(Cq, Ck, res, do):
     q, k, v, seg, o, lse = res
     B, N, T, K = q.shape
     nQ, nK, qp, kp, vp, segq, segk, case = _global_setup(q, k, v, seg, Cq, Ck)
-    dop = _pad_axis(do.astype(v.dtype), 2, 0, nQ * Cq - T)
-    lsep, deltap = (_pad_axis(x, 2, 0, nQ * Cq - T) for x in (lse, _delta(do, o)))
+    dop = pad_axis(do.astype(v.dtype), 2, 0, nQ * Cq - T)
+    lsep, deltap = (pad_axis(x, 2, 0, nQ * Cq - T) for x in (lse, softmax_delta(do, o)))
 
     def row(b):
         def key_block(carry, j):
@@ -291,13 +292,13 @@ def _global_bwd_rule(Cq, Ck, res, do):
                                             functools.partial(attend, masked=True), state)
                 return (jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * Cq, 1), dk, dv), None
 
-            zero = _tied_zeros((N, Ck, K), tie)
+            zero = tied_zeros((N, Ck, K), tie)
             (dq, dk, dv), _ = jax.lax.scan(query_block, (dq, zero, zero), jnp.arange(nQ))
             return (dq, jax.lax.dynamic_update_slice_in_dim(dk_all, dk, j * Ck, 1),
                     jax.lax.dynamic_update_slice_in_dim(dv_all, dv, j * Ck, 1)), None
 
         tie = _block(dop, b, 0, 1)[0, 0, 0]
-        init = (_tied_zeros((N, nQ * Cq, K), tie), _tied_zeros((N, nK * Ck, K), tie), _tied_zeros((N, nK * Ck, K), tie))
+        init = (tied_zeros((N, nQ * Cq, K), tie), tied_zeros((N, nK * Ck, K), tie), tied_zeros((N, nK * Ck, K), tie))
         (dq, dk, dv), _ = jax.lax.scan(key_block, init, jnp.arange(nK))
         return dq[:, :T], dk[:, :T], dv[:, :T]
 

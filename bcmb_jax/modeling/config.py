@@ -24,39 +24,39 @@ ACTIVATIONS = ("gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast", "silu", "sw
 class ModelConfig:
     """ModernBERT hyper-parameters; field names follow Hugging Face `ModernBertConfig`."""
 
-    vocab_size: int = 50368
-    hidden_size: int = 768
+    vocab_size: int = 50368  # rows of the token embeddings and of the tied decoder (tokenizer size, padded)
+    hidden_size: int = 768  # D, the width of every token's state
     intermediate_size: int = 1152  # width of one GeGLU half (Wi has 2x this many outputs)
-    num_hidden_layers: int = 22
-    num_attention_heads: int = 12
-    max_position_embeddings: int = 8192
+    num_hidden_layers: int = 22  # encoder layers (22 base, 28 large)
+    num_attention_heads: int = 12  # heads per layer; head dim = hidden_size / heads
+    max_position_embeddings: int = 8192  # context length; `encode` refuses longer documents
     layer_types: tuple[str, ...] = ()  # per layer: "full_attention" (global) | "sliding_attention" (local)
-    global_rope_theta: float = 160_000.0
-    local_rope_theta: float = 10_000.0
+    global_rope_theta: float = 160_000.0  # RoPE base of the global layers
+    local_rope_theta: float = 10_000.0  # RoPE base of the local layers
     local_attention: int = 128  # full window; local layers see |i - j| <= local_attention // 2
     hidden_activation: str = "gelu"  # exact erf GELU
-    classifier_activation: str = "gelu"
-    norm_eps: float = 1e-5
-    norm_bias: bool = False
-    attention_bias: bool = False
-    mlp_bias: bool = False
+    classifier_activation: str = "gelu"  # activation of the prediction head (head.dense)
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+    norm_bias: bool = False  # LayerNorms with a bias (ModernBERT: none)
+    attention_bias: bool = False  # biases on Wqkv and Wo
+    mlp_bias: bool = False  # biases on Wi and the MLP's Wo
     classifier_bias: bool = False  # bias of head.dense (the classifier itself always has one)
-    decoder_bias: bool = True
-    embedding_dropout: float = 0.0
-    mlp_dropout: float = 0.0
-    classifier_dropout: float = 0.0
+    decoder_bias: bool = True  # the tied MLM decoder's own bias [vocab]
+    embedding_dropout: float = 0.0  # after the embedding norm (training only)
+    mlp_dropout: float = 0.0  # on the MLP's GeGLU output (training only)
+    classifier_dropout: float = 0.0  # before the classifier (fine-tuning)
     classifier_pooling: str = "cls"  # "cls" | "mean" (masked mean over real tokens)
-    num_labels: int = 2
+    num_labels: int = 2  # outputs of the sequence / token classifier
     id2label: tuple[str, ...] = ()  # label names by id; empty = LABEL_0..LABEL_{n-1}
     problem_type: str | None = None  # single_label_classification | multi_label_classification | regression
-    pad_token_id: int = 50283
+    pad_token_id: int = 50283  # special token ids of the ModernBERT tokenizer
     cls_token_id: int = 50281
     sep_token_id: int = 50282
     bos_token_id: int | None = 50281
     eos_token_id: int | None = 50282
     mask_token_id: int | None = None  # not an HF config field; kept when a tokenizer told us
-    initializer_range: float = 0.02
-    initializer_cutoff_factor: float = 2.0
+    initializer_range: float = 0.02  # std of the truncated-normal initialisation
+    initializer_cutoff_factor: float = 2.0  # truncation at this many std devs
 
     def __post_init__(self):
         if not self.layer_types:

@@ -6,9 +6,10 @@
 Documents are placed best-fit-decreasing into rows, so compute is spent on real tokens rather
 than padding; attention stays inside each document (segment ids) and rotary positions restart per
 document, which gives the same numbers as running each document alone. As ModernBERT concatenates
-a batch's documents, rows grow past the longest document (up to the batch or the model's context)
-until `PACKING_TARGET` of their tokens are real, where the attention backend skips the key blocks of
-other documents; elsewhere rows stay at the longest document's length. The last call's rows are
+a batch's documents, rows grow past the longest document (up to `MAX_LONG_ROW` tokens or four times
+the longest document, within the batch) until `PACKING_TARGET` of their tokens are real, where the
+attention backend skips the key blocks of other documents; elsewhere rows stay at the longest
+document's length. The last call's rows are
 repacked as few and as short (multiples of `ROW_MULTIPLE`) as they can be, so that few shapes are
 ever compiled and little is padded. `plan_rows` gives the layout, and its packing efficiency,
 without running the model.

@@ -243,6 +243,12 @@ class _Task(nnx.Module):
     model: ModernBert
     runtime: Runtime  # how it computes (`runtime.Runtime`); the same on every submodule that has one
 
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, remat: bool = False,
+                 runtime: Runtime = DEFAULT_RUNTIME):
+        self.cfg = cfg
+        self.model = ModernBert(cfg, dtype=dtype, rngs=rngs, remat=remat, runtime=runtime)
+        self.runtime = runtime
+
     def __call__(self, input_ids, attention_mask=None, segment_ids=None, position_ids=None, *,
                  num_segments: int | None = None) -> Output:
         """Runs on padded `(input_ids, attention_mask)` or packed `(input_ids, segment_ids[, position_ids])`.
@@ -270,12 +276,6 @@ class ModernBertModel(_Task):
 
     task = "base"
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, remat: bool = False,
-                 runtime: Runtime = DEFAULT_RUNTIME):
-        self.cfg = cfg
-        self.model = ModernBert(cfg, dtype=dtype, rngs=rngs, remat=remat, runtime=runtime)
-        self.runtime = runtime
-
     def forward(self, ids_BT, seg_BT, pos_BT, *, packed=False, num_segments=None):
         return Output(None, self.model(ids_BT, seg_BT, pos_BT))
 
@@ -285,9 +285,7 @@ class ModernBertForMaskedLM(_Task):
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, remat: bool = False,
                  runtime: Runtime = DEFAULT_RUNTIME):
-        self.cfg = cfg
-        self.model = ModernBert(cfg, dtype=dtype, rngs=rngs, remat=remat, runtime=runtime)
-        self.runtime = runtime
+        super().__init__(cfg, dtype=dtype, rngs=rngs, remat=remat, runtime=runtime)
         self.head = PredictionHead(cfg, dtype=dtype, rngs=rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32)) if cfg.decoder_bias else None
 
@@ -318,9 +316,7 @@ class ModernBertForMaskedLM(_Task):
 class _Classifier(_Task):
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, remat: bool = False,
                  runtime: Runtime = DEFAULT_RUNTIME):
-        self.cfg = cfg
-        self.model = ModernBert(cfg, dtype=dtype, rngs=rngs, remat=remat, runtime=runtime)
-        self.runtime = runtime
+        super().__init__(cfg, dtype=dtype, rngs=rngs, remat=remat, runtime=runtime)
         self.head = PredictionHead(cfg, dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(cfg.classifier_dropout, rngs=rngs)
         self.classifier = nnx.Linear(cfg.hidden_size, cfg.num_labels, use_bias=True, dtype=dtype, rngs=rngs,

@@ -3,8 +3,9 @@
 Owns `config.py` (TrainConfig), `preflight.py` (checks before any work), `start.py` (initial weights
 and optimizer moments), `sharding.py` (mesh, logical-axis rules, multi-host start-up), `optim.py`
 (StableAdamW, AdamW, the schedules), `batches.py` (this process's rows of each global batch),
-`mlm_step.py` (the jitted train step), `checkpoints.py` (run checkpoints and resume) and `progress.py`
-(metrics.jsonl, TensorBoard, tokens/s). It uses modeling, weights and data.
+`mlm_step.py` (the jitted train step), `checkpoints.py` (run checkpoints and resume), `run_lock.py`
+(one run per run directory), `stop.py` (signals that save and stop) and `progress.py` (metrics.jsonl,
+TensorBoard, tokens/s). It uses modeling, weights and data.
 """
 
 from bcmb_jax.training.config import TrainConfig

@@ -66,7 +66,7 @@ class Checkpoints:
     def restore_latest(self, like: dict, data_iter) -> tuple[dict, dict, int] | None:
         """(state, meta, step) of the newest checkpoint that restores onto the shardings of `like`.
 
-        A checkpoint whose files cannot be read is moved aside (renamed `unrestorable-<step>`) with a
+        A checkpoint whose files cannot be read is moved aside (renamed `unrestorable-<step>-<time>`) with a
         warning, and the next older one is tried. One of another model (different shapes) is an error.
         """
         for step in sorted(self.mgr.all_steps(), reverse=True):

@@ -3,8 +3,9 @@
 Owns `keymap.py` (the one HF <-> NNX key map, with each dimension's logical axis), `hf_files.py`
 (safetensors, sharded and pickled HF files), `torch_files.py` (the restricted unpickler), `composer.py`
 (Composer checkpoints of the original runs), `directories.py` (which layout a path is; JAX directories),
-`trees.py` (orbax parameter trees on any mesh), `pretrained.py` (`from_pretrained`, `save_jax`) and
-`export.py` (conversion both ways). It uses the model, never the data, training or evaluation code.
+`trees.py` (orbax parameter trees on any mesh), `pretrained.py` (`from_pretrained`, `save_jax`),
+`export.py` (conversion both ways) and `model_card.py` (the README of an exported directory). It uses
+the model, never the data, training or evaluation code.
 """
 
 from bcmb_jax.weights.directories import Located, locate
