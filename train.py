@@ -106,7 +106,9 @@ def train(cfg: TrainConfig) -> int:
 
     # 4. The data: this process's rows of every global batch.
     it = batches.make_batches(cfg, jax.process_index(), jax.process_count())
-    cap = mlm_step.masked_cap(cfg.data.seq_len, cfg.data.mlm_probability, cfg.masked_cap_sigmas)
+    # room for the masked tokens of each device's rows of a micro-batch (the gather stays on the device)
+    cap = mlm_step.masked_cap(cfg.micro_batch // mesh.size * cfg.data.seq_len, cfg.data.mlm_probability,
+                              cfg.masked_cap_sigmas)
 
     # 5. Resume from the newest checkpoint of this run that restores, if any. Unfinished saves of a
     #    killed run are removed, unreadable checkpoints moved aside; nothing else is touched before
@@ -130,8 +132,8 @@ def train(cfg: TrainConfig) -> int:
 
     # 6. Train. SIGTERM / SIGINT / SIGUSR1 (preemption, Ctrl-C, a scheduler's warning) are acknowledged at
     #    once; the run then saves a checkpoint after the current step and exits with status 75.
-    train_step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, cfg.seed), donate_argnums=0,
-                         out_shardings=(state_sh, sharding.replicated(mesh)))
+    train_step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, cfg.seed, groups=mesh.size),
+                         donate_argnums=0, out_shardings=(state_sh, sharding.replicated(mesh)))
     stop = StopRequest().install()
     metrics_log = progress.MetricsLog(run_dir, main_process, resumed_at=step if restored is not None else None)
     speed = progress.Throughput()

@@ -55,9 +55,10 @@ def train(job: dict, make_batch, rows: int) -> dict:
     graphdef, params, rest = split_model(model, training=True)
     del model
     T = job["length"]
-    cap = mlm_step.masked_cap(T, MASK_RATE, config.TrainConfig.masked_cap_sigmas)
 
     def attempt(rows: int) -> dict:
+        # one device: the rows are one group, as train.py groups each device's rows
+        cap = mlm_step.masked_cap(rows * T, MASK_RATE, config.TrainConfig.masked_cap_sigmas)
         batch = make_batch(rows)
         jb = {"input_ids": batch["input_ids"], "labels": batch["labels"],
               "segment_ids": np.ones((rows, T), np.int32),
@@ -67,7 +68,7 @@ def train(job: dict, make_batch, rows: int) -> dict:
             from flax import nnx
 
             def loss(p):
-                total, count, _ = mlm_step.mlm_loss_sum(nnx.merge(graphdef, p, rest), jb, cap)
+                total, count, _ = mlm_step.mlm_loss_sum(nnx.merge(graphdef, p, rest), jb, cap, groups=1)
                 return total / count
 
             grad = jax.jit(jax.value_and_grad(loss))
@@ -77,7 +78,7 @@ def train(job: dict, make_batch, rows: int) -> dict:
                 float(value)
         else:
             tx = optim.make_optimizer(optim.OptimConfig())  # lr 3e-4, betas (0.9, 0.98), eps 1e-6, wd 1e-5
-            step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, SEED), donate_argnums=(0,))
+            step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, SEED, groups=1), donate_argnums=(0,))
             box = {"state": mlm_step.init_state(jax.tree.map(jnp.copy, params), tx)}
             mb = {k: v[None] for k, v in jb.items()}  # one micro-batch
             lr = jnp.float32(3e-4)
@@ -86,8 +87,8 @@ def train(job: dict, make_batch, rows: int) -> dict:
                 box["state"], metrics = step(box["state"], mb, lr)
                 float(metrics["loss"])
 
-        return {**timed_steps(run, "jax", job), "rows": rows, "labels": batch["labels"]}
+        return {**timed_steps(run, "jax", job), "rows": rows, "labels": batch["labels"], "masked_slots": cap}
 
     what = "loss and gradients" if job["kind"] == "fwdbwd" else "train.py's step"
     res = fit_rows(attempt, rows, cleanup=lambda: None)
-    return {**res, "masked_cap_per_row": cap, "loss": f"{what}: sparse MLM head, mean CE over masked tokens"}
+    return {**res, "loss": f"{what}: sparse MLM head, mean CE over masked tokens"}

@@ -47,8 +47,9 @@ class TrainConfig:
     global_batch: int = opt(576, "sequences (packed rows) per optimizer step, over all devices and hosts")
     micro_batch: int = opt(12, "rows per forward/backward pass over all devices; global_batch/micro_batch = "
                                "gradient accumulation steps")
-    masked_cap_sigmas: float = opt(8.0, "room for masked tokens per row = mean + this many std devs "
-                                        "(sparse prediction; an overflow is counted as `dropped`)")
+    masked_cap_sigmas: float = opt(8.0, "room for the masked tokens of each device's rows of a micro-batch = "
+                                        "mean + this many std devs (sparse prediction; an overflow is counted "
+                                        "as `dropped`)")
     data_shards: int = opt(0, "readers of the data stream; 0 = one per process. Set it to another run's process "
                               "count to reproduce its batches exactly with fewer processes (a multiple of the "
                               "process count)")

@@ -22,96 +22,119 @@ from bcmb_jax.modeling.state import fresh_rngs
 from bcmb_jax.training import optim
 
 
-def masked_cap(seq_len: int, rate: float, sigmas: float) -> int:
-    """Static room for masked positions per row: mean + `sigmas` binomial std devs (+ 8)."""
-    mean = seq_len * rate
-    return int(min(seq_len, math.ceil(mean + sigmas * math.sqrt(max(mean * (1 - rate), 1.0)) + 8)))
+def masked_cap(tokens: int, rate: float, sigmas: float) -> int:
+    """Static room for the masked positions among `tokens` token slots: mean + `sigmas` binomial std devs (+ 8).
+
+    The room is kept per group of rows (`mlm_loss_sum`'s `groups`): a group of n rows needs ~sqrt(n)
+    fewer std devs of room per row than n groups of one row.
+    """
+    mean = tokens * rate
+    return int(min(tokens, math.ceil(mean + sigmas * math.sqrt(max(mean * (1 - rate), 1.0)) + 8)))
 
 
 # ---------------------------------------------------------------------------------------------
 # The step
 
 
-def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024):
-    """Sum of cross-entropies over the masked positions (sparse prediction) and their count.
+def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024, groups: int | None = None):
+    """(sum of cross-entropies over the masked positions, their count, masked positions dropped).
 
-    The head and the tied decoder run only on the gathered masked positions; the decoder and its
+    Sparse prediction: the head and the tied decoder run only on the masked positions, gathered into
+    `cap` slots per group of rows (`groups` equal groups of consecutive rows; None = one per row); a
+    group with more masked positions than `cap` drops the rest. On a mesh, one group per device
+    keeps the gather local (rows are sharded over the devices in that order). The decoder and its
     cross-entropy are `decoder_cross_entropy`, `chunk` positions at a time.
     """
     labels_BT = batch["labels"]
     h_BTD = model.model(batch["input_ids"], batch["segment_ids"], batch["position_ids"])
-    is_masked_BT = labels_BT != IGNORE
-    count_B = is_masked_BT.sum(-1)
-    idx_BP = jax.vmap(lambda m: jnp.nonzero(m, size=cap, fill_value=0)[0])(is_masked_BT)
-    h_PD = jnp.take_along_axis(h_BTD, idx_BP[..., None], axis=1).reshape(-1, h_BTD.shape[-1])
-    y_P = jnp.take_along_axis(labels_BT, idx_BP, axis=1).reshape(-1)
-    valid_P = (jnp.arange(cap)[None] < count_B[:, None]).reshape(-1)
-    x_PD = model.head(h_PD)
-    emb_VD, bias_V = model.decoder(x_PD.dtype)
+    B, T, D = h_BTD.shape
+    G = B if groups is None else groups
+    if B % G:
+        raise ValueError(f"{B} rows do not split into {G} equal groups")
+    labels_GN = labels_BT.reshape(G, -1)  # a group's rows, one after the other
+    is_masked_GN = labels_GN != IGNORE
+    count_G = is_masked_GN.sum(-1)
+    idx_GP = jax.vmap(lambda m: jnp.nonzero(m, size=cap, fill_value=0)[0])(is_masked_GN)
+    h_GPD = jnp.take_along_axis(h_BTD.reshape(G, -1, D), idx_GP[..., None], axis=1)
+    y_GP = jnp.take_along_axis(labels_GN, idx_GP, axis=1)
+    valid_GP = jnp.arange(cap)[None] < count_G[:, None]
+    x_GPD = model.head(h_GPD)
+    emb_VD, bias_V = model.decoder(x_GPD.dtype)
     bias_V = jnp.zeros(emb_VD.shape[0], jnp.float32) if bias_V is None else bias_V
-    total = decoder_cross_entropy(x_PD, emb_VD, bias_V, y_P, valid_P, chunk)
-    dropped = jnp.maximum(count_B - cap, 0).sum()
-    return total, jnp.minimum(count_B, cap).sum(), dropped
+    total = decoder_cross_entropy(x_GPD, emb_VD, bias_V, y_GP, valid_GP, chunk)
+    dropped = jnp.maximum(count_G - cap, 0).sum()
+    return total, jnp.minimum(count_G, cap).sum(), dropped
 
 
 # ---------------------------------------------------------------------------------------------
-# The tied decoder and its cross-entropy, with their gradients computed in the forward pass
+# The tied decoder and its cross-entropy, with their gradients computed in the forward pass.
+# Positions come in groups [G, P] (one per device on a mesh): the loop runs over chunks of P and
+# every product keeps G as a batch axis, so a device computes its own group's logits only.
 
 
-def _decoder_chunks(x_PD, y_P, valid_P, chunk: int):
-    n = x_PD.shape[0]
-    chunk = min(chunk, n)
-    pad = -n % chunk
-    return (jnp.pad(x_PD, ((0, pad), (0, 0))).reshape(-1, chunk, x_PD.shape[-1]),
-            jnp.pad(y_P, (0, pad)).reshape(-1, chunk), jnp.pad(valid_P, (0, pad)).reshape(-1, chunk))
+def _decoder_chunks(x_GPD, y_GP, valid_GP, chunk: int):
+    """[n, G, chunk, ...] slices of the positions (padded to whole chunks), the loop axis first."""
+    P = x_GPD.shape[1]
+    chunk = min(chunk, P)
+    pad = -P % chunk
+
+    def cut(a):
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.moveaxis(a.reshape(a.shape[0], -1, chunk, *a.shape[2:]), 1, 0)
+
+    return cut(x_GPD), cut(y_GP), cut(valid_GP)
 
 
-def _chunk_logits(x_CD, emb_VD, bias_V):
-    return jnp.dot(x_CD, emb_VD.T, preferred_element_type=jnp.float32) + bias_V
+def _chunk_logits(x_GCD, emb_VD, bias_V):
+    return jnp.einsum("gcd,vd->gcv", x_GCD, emb_VD, preferred_element_type=jnp.float32) + bias_V
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def decoder_cross_entropy(x_PD, emb_VD, bias_V, y_P, valid_P, chunk: int = 1024):
+def decoder_cross_entropy(x_GPD, emb_VD, bias_V, y_GP, valid_GP, chunk: int = 1024):
     """Sum over the valid positions of CE(x @ emb.T + bias, y): the tied MLM decoder and its loss.
 
     Logits, softmax and sums are float32 whatever the compute dtype, and [positions, vocab] logits
-    exist `chunk` rows at a time. Differentiated, each chunk's gradients (softmax - one-hot, then
-    the two matmuls) are made while its logits are at hand: no chunk is recomputed and no one-hot
-    is scattered, which made the decoder about a sixth of a CPU train step at 4 x 512 tokens.
+    exist `chunk` positions of each group at a time. Differentiated, each chunk's gradients (softmax
+    - one-hot, then the two matmuls) are made while its logits are at hand: no chunk is recomputed
+    and no one-hot is scattered, which made the decoder about a sixth of a CPU train step at 4 x 512
+    tokens. The embedding and bias gradients are summed per group, and over the groups once at the end.
     """
     def piece(_, xs):
-        x_CD, y_C, v_C = xs
-        logits_CV = _chunk_logits(x_CD, emb_VD, bias_V)
-        ce_C = optax.softmax_cross_entropy_with_integer_labels(logits_CV, jnp.where(v_C, y_C, 0))
-        return None, jnp.where(v_C, ce_C, 0).sum()
+        x_GCD, y_GC, v_GC = xs
+        logits_GCV = _chunk_logits(x_GCD, emb_VD, bias_V)
+        ce_GC = optax.softmax_cross_entropy_with_integer_labels(logits_GCV, jnp.where(v_GC, y_GC, 0))
+        return None, jnp.where(v_GC, ce_GC, 0).sum()
 
-    return jax.lax.scan(piece, None, _decoder_chunks(x_PD, y_P, valid_P, chunk))[1].sum()
+    return jax.lax.scan(piece, None, _decoder_chunks(x_GPD, y_GP, valid_GP, chunk))[1].sum()
 
 
-def _decoder_ce_fwd(x_PD, emb_VD, bias_V, y_P, valid_P, chunk):
+def _decoder_ce_fwd(x_GPD, emb_VD, bias_V, y_GP, valid_GP, chunk):
+    G, P, D = x_GPD.shape
     V = emb_VD.shape[0]
 
     def piece(carry, xs):
-        demb_VD, dbias_V = carry
-        x_CD, y_C, v_C = xs
-        logits_CV = _chunk_logits(x_CD, emb_VD, bias_V)
-        lse_C = jax.nn.logsumexp(logits_CV, axis=-1)
-        y_C = jnp.where(v_C, y_C, 0)
-        is_y_CV = jnp.arange(V)[None, :] == y_C[:, None]
-        ce_C = lse_C - jnp.where(is_y_CV, logits_CV, 0).sum(-1)
-        # d(sum of CE)/d logits: softmax - one-hot on valid rows, 0 elsewhere
-        dlogits_CV = jnp.where(v_C[:, None], jnp.exp(logits_CV - lse_C[:, None]) - is_y_CV, 0).astype(x_CD.dtype)
-        dx_CD = jnp.dot(dlogits_CV, emb_VD, preferred_element_type=jnp.float32)
-        demb_VD = demb_VD + jnp.dot(dlogits_CV.T, x_CD, preferred_element_type=jnp.float32)
+        demb_GVD, dbias_GV = carry
+        x_GCD, y_GC, v_GC = xs
+        logits_GCV = _chunk_logits(x_GCD, emb_VD, bias_V)
+        lse_GC = jax.nn.logsumexp(logits_GCV, axis=-1)
+        y_GC = jnp.where(v_GC, y_GC, 0)
+        is_y_GCV = jnp.arange(V) == y_GC[..., None]
+        ce_GC = lse_GC - jnp.where(is_y_GCV, logits_GCV, 0).sum(-1)
+        # d(sum of CE)/d logits: softmax - one-hot on valid positions, 0 elsewhere
+        dlogits_GCV = jnp.where(v_GC[..., None], jnp.exp(logits_GCV - lse_GC[..., None]) - is_y_GCV,
+                                0).astype(x_GCD.dtype)
+        dx_GCD = jnp.einsum("gcv,vd->gcd", dlogits_GCV, emb_VD, preferred_element_type=jnp.float32)
+        demb_GVD = demb_GVD + jnp.einsum("gcv,gcd->gvd", dlogits_GCV, x_GCD, preferred_element_type=jnp.float32)
         # the bias gradient as a ones-vector matmul (XLA:CPU reduces [C, V] over C far slower)
-        ones_C = jnp.ones(dlogits_CV.shape[0], dlogits_CV.dtype)
-        dbias_V = dbias_V + jnp.dot(ones_C, dlogits_CV, preferred_element_type=jnp.float32)
-        return (demb_VD, dbias_V), (jnp.where(v_C, ce_C, 0).sum(), dx_CD)
+        ones_GC = jnp.ones(dlogits_GCV.shape[:2], dlogits_GCV.dtype)
+        dbias_GV = dbias_GV + jnp.einsum("gc,gcv->gv", ones_GC, dlogits_GCV, preferred_element_type=jnp.float32)
+        return (demb_GVD, dbias_GV), (jnp.where(v_GC, ce_GC, 0).sum(), dx_GCD)
 
-    zeros = (jnp.zeros(emb_VD.shape, jnp.float32), jnp.zeros(bias_V.shape, jnp.float32))
-    (demb_VD, dbias_V), (ce_c, dx_cCD) = jax.lax.scan(piece, zeros, _decoder_chunks(x_PD, y_P, valid_P, chunk))
-    dx_PD = dx_cCD.reshape(-1, x_PD.shape[-1])[: x_PD.shape[0]]
-    return ce_c.sum(), (dx_PD.astype(x_PD.dtype), demb_VD.astype(emb_VD.dtype), dbias_V.astype(bias_V.dtype))
+    zeros = (jnp.zeros((G, *emb_VD.shape), jnp.float32), jnp.zeros((G, V), jnp.float32))
+    (demb_GVD, dbias_GV), (ce_n, dx_nGCD) = jax.lax.scan(piece, zeros, _decoder_chunks(x_GPD, y_GP, valid_GP, chunk))
+    dx_GPD = jnp.moveaxis(dx_nGCD, 0, 1).reshape(G, -1, D)[:, :P]
+    grads = (dx_GPD.astype(x_GPD.dtype), demb_GVD.sum(0).astype(emb_VD.dtype), dbias_GV.sum(0).astype(bias_V.dtype))
+    return ce_n.sum(), grads
 
 
 def _decoder_ce_bwd(chunk, res, g):
@@ -121,8 +144,11 @@ def _decoder_ce_bwd(chunk, res, g):
 decoder_cross_entropy.defvjp(_decoder_ce_fwd, _decoder_ce_bwd)
 
 
-def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, seed: int):
+def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, seed: int,
+                    groups: int | None = None):
     """train_step(state, batch [accum, rows, T] arrays, lr) -> (state, metrics); jit it with donation.
+
+    `cap` and `groups`: the room for masked positions per group of a micro-batch's rows (`mlm_loss_sum`).
 
     Mixed precision: the model computes in its compute dtype (bfloat16 on GPUs) from float32
     parameters; gradients (accumulated over micro-batches), optimizer state, updates and the loss
@@ -137,7 +163,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, cap: int, 
 
         def loss_fn(p, micro, k):
             model = nnx.merge(graphdef, p, fresh_rngs(rest, k))
-            total, count, dropped = mlm_loss_sum(model, micro, cap)
+            total, count, dropped = mlm_loss_sum(model, micro, cap, groups=groups)
             return total, (count, dropped)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -127,7 +127,7 @@ def test_modernbert_jax_and_torch(tmp_path):
     one_row = -(-sum(lengths) // 64) * 64  # the documents in one row, a multiple of 64 long
     assert by["variable_64", "jax"]["packing_efficiency"] == pytest.approx(sum(lengths) / one_row)
     assert by["fixed_64", "jax"]["packing_efficiency"] == 1.0
-    assert by["train_32", "jax"]["tokens"] == 64 and by["train_32", "jax"]["masked_cap_per_row"] > 0.3 * 32
+    assert by["train_32", "jax"]["tokens"] == 64 and by["train_32", "jax"]["masked_slots"] > 0.3 * 64
     assert by["train_32", "torch-sdpa"]["batch_rows"] == 2
     assert by["fixed_64", "torch-sdpa"]["attn_implementation"] == "sdpa"
     md = (out / "results.md").read_text()

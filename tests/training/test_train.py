@@ -333,14 +333,14 @@ def test_a_second_run_on_the_same_run_directory_refuses_before_reading_data(tmp_
 
 def test_decoder_cross_entropy_gradients_match_autodiff():
     """The decoder's CE and its gradients made in the forward pass equal autodiff of the plain formula
-    (float32, chunks that do not divide the positions, invalid positions, a scaled cotangent)."""
+    (float32, several groups, chunks that do not divide the positions, invalid positions, a scaled cotangent)."""
     import optax
 
-    P, V, D = 37, 300, 16
+    G, P, V, D = 3, 37, 300, 16  # 3 groups (devices) of 37 positions
     k = jax.random.split(jax.random.key(0), 5)
-    x, emb = jax.random.normal(k[0], (P, D)), jax.random.normal(k[1], (V, D)) * 0.3
-    bias, y = jax.random.normal(k[2], (V,)), jax.random.randint(k[3], (P,), 0, V)
-    valid = jax.random.uniform(k[4], (P,)) < 0.7
+    x, emb = jax.random.normal(k[0], (G, P, D)), jax.random.normal(k[1], (V, D)) * 0.3
+    bias, y = jax.random.normal(k[2], (V,)), jax.random.randint(k[3], (G, P), 0, V)
+    valid = jax.random.uniform(k[4], (G, P)) < 0.7
 
     def plain(x, emb, bias):
         logits = x @ emb.T + bias
