@@ -123,6 +123,12 @@ class ReproduceConfig:
         unknown = sorted(set(self.finetune) - protocol_keys)
         if unknown:
             raise ConfigError(f"`finetune`: unknown protocol key(s) {unknown} (evaluate.py --help lists them)")
+        for where, given in (("finetune", self.finetune), *((f"tasks.{n}.options", {**self.finetune, **{
+                k: v for k, v in spec.options.items() if k in protocol_keys}}) for n, spec in out.items())):
+            try:  # the values too, as evaluate.py will read them: a bad one fails now, not after pretraining
+                from_dict(FinetuneConfig, given)
+            except ConfigError as e:
+                raise ConfigError(f"`{where}`: {e}") from None
         return out
 
     def phase_configs(self) -> None:

@@ -30,6 +30,22 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden key by key
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`["a.b=3", "c=x"]` -> nested dict; values are parsed as YAML scalars/lists."""
     out: dict[str, Any] = {}
@@ -87,6 +103,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin in (list, tuple) and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"`{key}` must be a list, got {value!r}")
         (inner, *_) = typing.get_args(tp) or (Any,)
         return origin(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
     base = origin or tp
@@ -124,7 +142,7 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            d = yaml.safe_load(path.read_text()) or {}
+            d = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -316,6 +316,52 @@ CASES = [
                                                                    str(conll_dir(d))],
          ("{d}/conll", "not a deid data directory")),
     Case("convert-unknown-subcommand", "convert", lambda d, fx: ["sideways", "a", "b"], ("invalid choice",)),
+    # Values of the right key but the wrong kind, refused before any work (each was a traceback, a write into
+    # someone else's files, or a run on a silently different setting).
+    Case("train-list-key-given-a-number", "train", lambda d, fx: [*train_case(d, fx), "optim.betas=0.9"],
+         ("optim.betas", "must be a list", "0.9")),
+    Case("train-masked-cap-sigmas-nan", "train", lambda d, fx: [*train_case(d, fx), "masked_cap_sigmas=nan"],
+         ("masked_cap_sigmas", "nan")),
+    Case("train-mesh-rule-unknown-axis", "train", lambda d, fx: [*train_case(d, fx), "mesh.rules={vocab: tensor}"],
+         ("mesh.rules.vocab", "'tensor'")),
+    Case("train-model-override-not-a-number", "train", lambda d, fx: train_case(
+        d, fx, model={"overrides": {**TINY_RUN_MODEL, "hidden_size": "big"}}), ("hidden_size", "'big'")),
+    Case("train-model-override-unknown-key", "train", lambda d, fx: train_case(
+        d, fx, model={"overrides": {**TINY_RUN_MODEL, "hiden_size": 64}}),
+        ("model.overrides.hiden_size", "not a ModernBERT config.json key")),
+    Case("train-zero-layers", "train", lambda d, fx: train_case(
+        d, fx, model={"overrides": {**TINY_RUN_MODEL, "num_hidden_layers": 0}}), ("num_hidden_layers", "positive")),
+    Case("train-shuffle-seed-negative", "train", lambda d, fx: train_case(d, fx, data={"shuffle_seed": -5}),
+         ("data.shuffle_seed", ">= 0")),
+    Case("train-random-token-range-empty", "train", lambda d, fx: train_case(
+        d, fx, data={"random_token_low": 100, "random_token_high": 10}),
+        ("data.random_token_high", "data.random_token_low")),
+    Case("train-source-field-empty", "train", lambda d, fx: train_case(d, fx, data={"sources": [
+        {"name": "notes", "paths": [str(fx.corpus / "notes.jsonl")], "field": []}]}), ("notes", "`field` is empty")),
+    Case("train-config-duplicate-key", "train", lambda d, fx: (
+        (d / "dup.yaml").write_text(json.dumps(train_config(fx, d / "r"))[:-1] + ', "max_steps": 9}'),
+        ["--config", str(d / "dup.yaml")])[1], ("{d}/dup.yaml:1", "duplicate key 'max_steps'")),
+    Case("train-run-dir-holds-a-model", "train", lambda d, fx: (
+        shutil.copytree(fx.hf, d / "hf"), ["--config", str(write_yaml(d / "c.yaml", train_config(fx, d / "hf")))])[1],
+        ("{d}/hf", "not a training run's directory")),
+    Case("to-jax-out-is-src", "convert", lambda d, fx: (
+        shutil.copytree(fx.hf, d / "src"), ["to-jax", str(d / "src"), str(d / "src"), "--overwrite"])[1],
+        ("{d}/src", "OUT is SRC")),
+    Case("to-jax-out-contains-src", "convert", lambda d, fx: (
+        shutil.copytree(fx.hf, d / "par" / "src"), ["to-jax", str(d / "par" / "src"), str(d / "par"),
+                                                    "--overwrite"])[1], ("{d}/par", "contains SRC")),
+    Case("to-jax-config-value-null", "convert", lambda d, fx: (
+        shutil.copytree(fx.hf, d / "src"), (d / "src" / "config.json").write_text(json.dumps(
+            {**json.loads((fx.hf / "config.json").read_text()), "num_attention_heads": None})),
+        ["to-jax", str(d / "src"), str(d / "out")])[2], ("{d}/src/config.json", "num_attention_heads")),
+    Case("evaluate-name-outside-results-dir", "evaluate", lambda d, fx: [
+        "--model", str(fx.jax), "--task", "conll", "--data", str(conll_dir(d)), "--results-dir", str(d / "r"),
+        "name=../../escape"], ("`name`", "plain name")),
+    Case("evaluate-torch-attention-unknown", "evaluate", lambda d, fx: [
+        "--model", str(fx.hf), "--task", "conll", "--data", str(conll_dir(d)), "--results-dir", str(d / "r"),
+        "--backend", "torch", "attn_implementation=flash"], ("attn_implementation", "'flash'")),
+    Case("reproduce-finetune-bad-value", "reproduce", lambda d, fx: [
+        "--scale", "tiny", "--out", str(d / "out"), "finetune={lr: -1}"], ("finetune", "lr", "> 0")),
 ]
 
 

@@ -37,6 +37,9 @@ class SourceConfig:
                 raise DataError(f"source {self.name!r}: `field` entry {f!r} must be a name or column index")
             f = f.strip() if isinstance(f, str) else f
             out.append(int(f) if isinstance(f, str) and f.isdigit() else f)
+        if not out:
+            raise DataError(f"source {self.name!r}: `field` is empty; expected a field name, a column index or a "
+                            "list of them")
         return out
 
 
@@ -75,10 +78,13 @@ class DataConfig:
             raise ConfigError(f"`data.mlm_probability` must be in (0, 1], got {self.mlm_probability} (with nothing "
                               "masked there is nothing to learn)")
         for key, low in (("prepare_workers", 0), ("num_threads", 1), ("prefetch", 1), ("worker_count", 0),
-                         ("packing_bins", 0), ("random_token_low", 0), ("max_docs", 1)):
+                         ("packing_bins", 0), ("random_token_low", 0), ("max_docs", 1), ("shuffle_seed", 0)):
             value = getattr(self, key)
             if value is not None and value < low:
                 raise ConfigError(f"`data.{key}` must be >= {low}, got {value}")
+        if self.random_token_high is not None and self.random_token_high <= self.random_token_low:
+            raise ConfigError(f"`data.random_token_high` ({self.random_token_high}) must be above "
+                              f"`data.random_token_low` ({self.random_token_low})")
         if self.packing not in ("best_fit", "first_fit"):
             raise ConfigError(f"`data.packing` must be best_fit or first_fit, got {self.packing!r}")
         for src in self.sources:

@@ -51,11 +51,12 @@ def build_dataset(cfg: DataConfig, *, seed: int, batch_size: int, process_index:
     if batch_size <= 0 or batch_size % pc:
         raise DataError(f"batch_size {batch_size} must be a positive multiple of process_count {pc}")
     tok = tok or load_data_tokenizer(cfg)
-    corpus = corpus or prepare(cfg, tok)
     high = cfg.random_token_high
     high = 1 + max(tok.base_vocab_size - 1, tok.mask_id) if high is None else high
     if not 0 <= cfg.random_token_low < high:
-        raise DataError(f"random token range [{cfg.random_token_low}, {high}) is empty")
+        raise DataError(f"`data.random_token_low` ({cfg.random_token_low}) must be below the tokenizer's "
+                        f"random-token bound {high} (`data.random_token_high` unset)")
+    corpus = corpus or prepare(cfg, tok)
     local = batch_size // pc
     ds = packing.build_masked_batches(
         corpus.stores, corpus.weights, seq_len=cfg.seq_len, local_batch=local, process_index=pi,

@@ -63,7 +63,7 @@ class FinetuneConfig:
     eval_batch_size: int = opt(16, "torch: examples per evaluation batch (padded)")
     eval_tokens: int = opt(16384, "jax: tokens per packed evaluation call")
     attention_backend: str | None = opt(None, "jax: blocked | reference | gpu; null = blocked")
-    attn_implementation: str = opt("sdpa", "torch: sdpa | eager")
+    attn_implementation: str = opt("sdpa", "torch: sdpa | eager | flash_attention_2 (needs flash-attn)")
     torch_threads: int | None = opt(None, "torch: intra-op threads; null = torch's default")
 
     def __post_init__(self):
@@ -75,8 +75,14 @@ class FinetuneConfig:
                 bad(key, f"must be >= 1, got {getattr(self, key)}")
         if self.lr is not None and not self.lr > 0:
             bad("lr", f"must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            bad("betas", f"must be two numbers in [0, 1), got {self.betas}")
+        if not self.eps >= 0:
+            bad("eps", f"must be >= 0, got {self.eps}")
+        if not self.clip_grad_norm >= 0:
+            bad("clip_grad_norm", f"must be >= 0 (0 = off), got {self.clip_grad_norm}")
         if self.size not in ("auto", "base", "large"):
             bad("size", f"must be auto, base or large, got {self.size!r}")
         if self.max_length_rule not in MAX_LENGTH_RULES:
@@ -87,9 +93,14 @@ class FinetuneConfig:
             bad("patience", f"must be >= 0, got {self.patience}")
         if self.max_length is not None and self.max_length < 3:
             bad("max_length", f"must be >= 3 ([CLS], one token, [SEP]), got {self.max_length}")
-        for key in ("max_train", "max_val", "max_test"):
+        for key in ("max_train", "max_val", "max_test", "torch_threads"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 bad(key, f"must be >= 1 or null, got {getattr(self, key)}")
+        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+            bad("attn_implementation", f"must be sdpa, eager or flash_attention_2, got {self.attn_implementation!r}")
+        if self.name is not None and (not self.name.strip() or "/" in self.name or "\\" in self.name
+                                      or self.name in (".", "..")):
+            bad("name", f"must be a plain name (it names a folder of the results directory), got {self.name!r}")
 
     def limits(self) -> dict[str, int | None]:
         """Examples kept per split (None = all)."""

@@ -88,6 +88,20 @@ class ModelConfig:
         def bad(key, msg):
             raise ConfigError(f"model config: `{key}` {msg}")
 
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "max_position_embeddings", "local_attention", "num_labels"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(key, f"must be a positive integer, got {value!r}")
+        for key in ("norm_eps", "initializer_range", "initializer_cutoff_factor", "embedding_dropout", "mlp_dropout",
+                    "classifier_dropout"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                bad(key, f"must be a number >= 0, got {value!r}")
+        for key in ("pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                bad(key, f"must be an integer token id, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             bad("hidden_size", f"({self.hidden_size}) must be a multiple of num_attention_heads "
                                f"({self.num_attention_heads})")
@@ -141,10 +155,16 @@ class ModelConfig:
         if d.get("pad_token_id") is None:
             d["pad_token_id"] = cls.pad_token_id
 
-        n_layers = int(d.get("num_hidden_layers", cls.num_hidden_layers))
+        def integer(key, default) -> int:
+            value = d.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+                bad(key, f"must be a positive integer, got {value!r}")
+            return int(value)
+
+        n_layers = integer("num_hidden_layers", cls.num_hidden_layers)
         layer_types = d.get("layer_types")
         if layer_types is None:
-            layer_types = default_layer_types(n_layers, int(d.get("global_attn_every_n_layers", 3)))
+            layer_types = default_layer_types(n_layers, integer("global_attn_every_n_layers", 3))
         rope = d.get("rope_parameters") or {}
         thetas = {}
         for kind, old_key, default in ((GLOBAL, "global_rope_theta", 160_000.0),
@@ -152,12 +172,15 @@ class ModelConfig:
             p = rope.get(kind) or {}
             if p.get("rope_type", "default") != "default":
                 bad("rope_parameters", f"[{kind!r}] rope_type {p['rope_type']!r} is not supported")
-            thetas[kind] = float(p.get("rope_theta", d.get(old_key, default)))
+            theta = p.get("rope_theta", d.get(old_key, default))
+            if isinstance(theta, bool) or not isinstance(theta, int | float) or not theta > 0:
+                bad("rope_parameters", f"[{kind!r}] rope_theta must be a positive number, got {theta!r}")
+            thetas[kind] = float(theta)
         if "norm_eps" not in d and "layer_norm_eps" in d:
             d["norm_eps"] = d["layer_norm_eps"]
         id2label = d.get("id2label") or {}
         names = tuple(str(id2label[k]) for k in sorted(id2label, key=int)) if id2label else ()
-        num_labels = int(d.get("num_labels", len(names) or cls.num_labels))
+        num_labels = integer("num_labels", len(names) or cls.num_labels)
         if names and len(names) != num_labels:
             num_labels = len(names)
 

@@ -69,7 +69,7 @@ class TrainConfig:
                 raise ConfigError(f"`{key}` must be >= 1, got {getattr(self, key)}")
         for key, low in (("max_tokens", 1), ("data_shards", 0), ("masked_cap_sigmas", 0)):
             value = getattr(self, key)
-            if value is not None and value < low:
+            if value is not None and not low <= value < float("inf"):
                 raise ConfigError(f"`{key}` must be >= {low}, got {value}")
         if not self.lock_stale_after > 0:
             raise ConfigError(f"`lock_stale_after` must be > 0 seconds, got {self.lock_stale_after}")

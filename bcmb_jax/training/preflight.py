@@ -85,6 +85,21 @@ def has_checkpoints(run_dir: Path) -> bool:
     return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
 
+RUN_MARKERS = ("train_config.yaml", "checkpoints", "metrics.jsonl", "run.lock")  # what a run writes first
+
+
+def check_run_dir(run_dir: str) -> None:
+    """`run_dir` is new, empty or a training run's own directory: a run never writes into another folder."""
+    if not str(run_dir).strip():
+        raise ConfigError("`run_dir` is empty; expected the directory of this run (e.g. runs/my_run)")
+    d = Path(run_dir)
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"run_dir {d}: is a file; expected a directory (new, empty or an earlier run's)")
+    if d.is_dir() and not any((d / m).exists() for m in RUN_MARKERS) and any(d.iterdir()):
+        raise ConfigError(f"run_dir {d}: holds files but is not a training run's directory (none of "
+                          f"{', '.join(RUN_MARKERS)}); choose a new or empty directory so nothing there is overwritten")
+
+
 def check_resume(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig) -> None:
     """A run directory with checkpoints resumes only with its own model and data settings (and tokenizer)."""
 
@@ -121,6 +136,7 @@ def check_run(cfg: TrainConfig, model_cfg: ModelConfig) -> TokenizerInfo | None:
     """Every check train.py makes before it builds, reads or writes anything; returns the tokenizer it loaded."""
     from bcmb_jax.data.tokenizer import load_tokenizer
 
+    check_run_dir(cfg.run_dir)
     check_seq_len(cfg.data.seq_len, model_cfg)
     tok = load_tokenizer(cfg.data.tokenizer, cfg.data.prefix_space, mask_token_id=cfg.data.mask_token_id,
                          pad_token_id=cfg.data.pad_token_id)
@@ -135,4 +151,4 @@ def check_run(cfg: TrainConfig, model_cfg: ModelConfig) -> TokenizerInfo | None:
     return tok
 
 
-__all__ = ["check_run", "check_seq_len", "check_vocabulary", "check_resume", "resume_differences"]
+__all__ = ["check_run", "check_run_dir", "check_seq_len", "check_vocabulary", "check_resume", "resume_differences"]

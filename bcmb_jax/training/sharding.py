@@ -32,6 +32,12 @@ class MeshConfig:
     fsdp: int = opt(1, "devices on the parameter-sharding axis; -1 = all devices left over")
     rules: dict[str, str | None] = opt({}, "logical axis -> mesh axis overrides, e.g. {vocab: fsdp}")
 
+    def __post_init__(self):
+        for axis, target in self.rules.items():
+            if target not in (*BATCH_AXES, None):
+                raise ConfigError(f"`mesh.rules.{axis}`: mesh axis must be one of {', '.join(BATCH_AXES)} or null, "
+                                  f"got {target!r}")
+
 
 # Logical axis -> mesh axis, for the matrices. Every matrix has an `embed` (hidden size) dimension,
 # so FSDP shards every matrix along it (the first one, for the head's embed x embed dense layer).

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from bcmb_jax.errors import ConfigError
 from bcmb_jax.modeling.config import ModelConfig
 from bcmb_jax.modeling.model import build
 from bcmb_jax.training import checkpoints
@@ -32,6 +33,11 @@ def run_model_config(cfg: TrainConfig) -> ModelConfig:
         model_cfg = ModelConfig()
     if cfg.model.overrides:
         base = model_cfg.to_hf_dict()
+        known = set(base) | {f.name for f in dataclasses.fields(ModelConfig)} | {"layer_norm_eps"}
+        unknown = sorted(set(cfg.model.overrides) - known)
+        if unknown:
+            raise ConfigError(f"model.overrides.{unknown[0]}: not a ModernBERT config.json key (known: "
+                              f"{', '.join(sorted(known))})")
         if "num_hidden_layers" in cfg.model.overrides and "layer_types" not in cfg.model.overrides:
             base.pop("layer_types")  # re-derived from global_attn_every_n_layers for the new depth
         model_cfg = ModelConfig.from_hf_dict({**base, **cfg.model.overrides}, source="model.overrides")

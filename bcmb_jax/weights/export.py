@@ -196,6 +196,15 @@ def _params_tree(source: _Source, task: str, name: str, progress: bool) -> tuple
     return tree, source.dropped + other_heads
 
 
+def _check_out(src: str | Path, out: str | Path) -> None:
+    """OUT may not be SRC or a folder holding it: replacing OUT would delete the source being read."""
+    s, o = Path(src), Path(out)
+    if s.exists() and o.exists() and (o.resolve() == s.resolve() or o.resolve() in s.resolve().parents):
+        what = "is SRC" if o.resolve() == s.resolve() else f"contains SRC {s}"
+        raise ConversionError(f"{o}: OUT {what}; writing it would delete the checkpoint being converted "
+                              "(choose another OUT)")
+
+
 def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: str | None = None,
            config: str | Path | None = None, tokenizer: str | Path | None = None, optimizer_state: bool = False,
            overwrite: bool = False, progress: bool = True) -> Result:
@@ -209,6 +218,7 @@ def to_jax(src: str | Path, out: str | Path, *, dtype: str | None = None, task: 
     the Composer optimizer moments (OUT/optimizer/, OUT/optimizer.json).
     """
     t0 = time.time()
+    _check_out(src, out)
     _check_dtype(dtype)
     if task is not None and task not in HEADS:
         raise ConversionError(f"--task must be one of {sorted(HEADS)}, got {task!r}")
@@ -262,6 +272,7 @@ def to_hf(src: str | Path, out: str | Path, *, task: str | None = None, dtype: s
     stored one.
     """
     t0 = time.time()
+    _check_out(src, out)
     _check_dtype(dtype)
     if task is not None and task not in HEADS:
         raise ConversionError(f"--task must be one of {sorted(HEADS)}, got {task!r}")
