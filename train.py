@@ -157,6 +157,9 @@ def train(cfg: TrainConfig) -> int:
                 return None
         return got[-1]
 
+    if done() and restored is not None:
+        log.warning("%s is already at step %d (%d tokens): max_steps=%d / max_tokens=%s are reached, nothing to "
+                    "train; raise them to continue", run_dir, step, tokens_seen, cfg.max_steps, cfg.max_tokens)
     while not done():
         # The schedule's time is what was consumed before this update (tokens or steps).
         t = tokens_seen if cfg.schedule.unit == "tokens" else step
