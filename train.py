@@ -166,7 +166,8 @@ def train(cfg: TrainConfig) -> int:
         lr = peak * float(optim.lr_scale(cfg.schedule, t))
         rows = next(it)
         batch = sharding.global_batch(batches.stack_micro(rows, cfg.accumulation), mesh, row_axis=1)
-        state, metrics = train_step(state, batch, np.float32(lr))
+        with jax.set_mesh(mesh):  # the attention kernels run on each device's own rows (`per_device_rows`)
+            state, metrics = train_step(state, batch, np.float32(lr))
         pending.append(metrics)
         step += 1
         if jax.process_count() == 1:  # all rows are here: count on the host, without waiting for the step

@@ -48,12 +48,34 @@ def attention_heads_first(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Arra
         o_BTNK = reference_attention(*(jnp.swapaxes(x, 1, 2) for x in (q_BNTK, k_BNTK, v_BNTK)), seg_BT,
                                      window=window, scale=scale)
         return jnp.swapaxes(o_BTNK, 1, 2)
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
+    kernel = functools.partial(_kernel, window=window, backend=backend, local_chunk=local_chunk,
+                               global_chunk=global_chunk, interpret=interpret, scale=scale)
+    return per_device_rows(kernel, q_BNTK, k_BNTK, v_BNTK, seg_BT)
+
+
+def per_device_rows(kernel, *args_B: jax.Array) -> jax.Array:
+    """`kernel(*args_B)` run on each device's own rows when a mesh is set (`jax.set_mesh`).
+
+    The kernels loop over rows (XLA:CPU) or are custom calls (Pallas), which the SPMD partitioner
+    cannot split: on a mesh it would gather every row to every device and run the whole batch
+    there. Under `shard_map` each device runs its rows only. Every mesh axis splits the rows (data
+    and FSDP parallelism; heads and tokens are never split); a batch that does not divide evenly
+    runs as it is.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or args_B[0].shape[0] % mesh.size:
+        return kernel(*args_B)
+    rows = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+    return jax.shard_map(kernel, in_specs=(rows,) * len(args_B), out_specs=rows, check_vma=False)(*args_B)
+
+
+def _kernel(q_BNTK, k_BNTK, v_BNTK, seg_BT, *, window, backend, local_chunk, global_chunk, interpret, scale):
     if backend == "gpu" and (interpret or (gpu_available() and gpu_kernel_lowers())):
         from bcmb_jax.modeling.pallas_attention import pallas_attention
 
         return pallas_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale, interpret=interpret)
-    if backend not in ATTENTION_BACKENDS:
-        raise ConfigError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
     from bcmb_jax.modeling.banded import local_attention
     from bcmb_jax.modeling.blocked import GLOBAL_QUERY_BLOCK, global_attention, round_up
 

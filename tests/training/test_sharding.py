@@ -79,17 +79,18 @@ def test_every_parameter_partition_spec(layouts, mesh):
     assert shard_shapes["model.final_norm.scale"] == [H]
 
 
+
 STEP_SCRIPT = r"""
-import json, re, sys
+import contextlib, json, re, sys
 import jax, jax.numpy as jnp
 import numpy as np
 import bcmb_jax
 from bcmb_jax.modeling.config import ModelConfig
+from bcmb_jax.modeling.runtime import Runtime
 from bcmb_jax.modeling.state import split_model
 from bcmb_jax.training import mlm_step, optim, sharding
 
 cfg = ModelConfig.from_hf_dict(json.loads(sys.argv[1]))
-graphdef, params, rest = split_model(bcmb_jax.build(cfg, "mlm", seed=0, runtime="reference"), training=True)
 tx = optim.make_optimizer(optim.OptimConfig())
 B, T = 16, 64
 rng = np.random.default_rng(0)
@@ -100,14 +101,19 @@ local = {"input_ids": ids, "segment_ids": seg, "position_ids": np.broadcast_to(n
          "labels": np.where((rng.random((B, T)) < 0.3) & (seg > 0), ids, -100).astype(np.int32)}
 local = {k: v[None] for k, v in local.items()}  # one micro-batch
 out = {}
-for name, devices, groups in (("one_device", 1, 1), ("per_device", 8, 8), ("whole_batch", 8, 1)):
+for name, runtime, devices, groups, in_mesh in (
+        ("one_device", "blocked", 1, 1, True), ("per_device", "blocked", 8, 8, True),
+        ("pallas_per_device", Runtime("gpu", interpret=True), 8, 8, True),
+        ("mlm_group_across_devices", "reference", 8, 1, True), ("kernels_without_mesh", "blocked", 8, 8, False)):
+    graphdef, params, rest = split_model(bcmb_jax.build(cfg, "mlm", seed=0, runtime=runtime), training=True)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=devices, fsdp=1), jax.devices()[:devices])
     batch = sharding.global_batch(local, mesh, row_axis=1)
     state = mlm_step.init_state(jax.device_put(params, sharding.replicated(mesh)), tx)
     cap = mlm_step.masked_cap(B // groups * T, 0.3, 8.0)
     step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, 0, groups=groups))
-    hlo = step.lower(state, batch, jnp.float32(1e-3)).compile().as_text()
-    state, m = step(state, batch, jnp.float32(1e-3))
+    with jax.set_mesh(mesh) if in_mesh else contextlib.nullcontext():  # as train.py runs its step
+        hlo = step.lower(state, batch, jnp.float32(1e-3)).compile().as_text()
+        state, m = step(state, batch, jnp.float32(1e-3))
     out[name] = {"loss": float(m["loss"]), "masked": int(m["masked_tokens"]), "dropped": int(m["dropped"]),
                  "gathers": len(re.findall(r" all-gather(?:-start)?\(", hlo)),
                  "params": [float(x.sum()) for x in jax.tree.leaves(state["params"])]}
@@ -115,18 +121,23 @@ print(json.dumps(out))
 """
 
 
-def test_sparse_mlm_head_gathers_masked_tokens_on_their_own_device():
-    """train.py's step on 8 devices with one masked-token group per device: the same loss and update as
-    one device, and no all-gather (a group spanning the devices' rows needs one)."""
+def test_train_step_keeps_each_devices_rows_on_that_device():
+    """train.py's step on 8 devices (data parallel) equals one device and moves no activations between devices:
+    the attention kernels (blocked and Pallas) run per device under `shard_map`, and the sparse MLM head gathers
+    each device's masked tokens on that device. Negative controls: without the mesh set the kernels gather every
+    row to every device, and one masked-token group for the whole batch needs a gather too."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", STEP_SCRIPT, json.dumps(TINY)], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=300)
+                         env=env, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    one, per_device, whole = out["one_device"], out["per_device"], out["whole_batch"]
-    assert per_device["gathers"] == 0 and whole["gathers"] > 0
-    assert per_device["masked"] == one["masked"] > 0 and per_device["dropped"] == one["dropped"] == 0
-    assert abs(per_device["loss"] - one["loss"]) <= 1e-5
-    for a, b in zip(per_device["params"], one["params"]):
-        assert abs(a - b) <= 1e-4 * max(abs(b), 1.0)
+    one = out["one_device"]
+    assert out["mlm_group_across_devices"]["gathers"] > 0 and out["kernels_without_mesh"]["gathers"] > 0
+    for name in ("per_device", "pallas_per_device"):
+        got = out[name]
+        assert got["gathers"] == 0, name
+        assert got["masked"] == one["masked"] > 0 and got["dropped"] == one["dropped"] == 0
+        assert abs(got["loss"] - one["loss"]) <= 1e-5, name
+        for a, b in zip(got["params"], one["params"]):
+            assert abs(a - b) <= 1e-4 * max(abs(b), 1.0), name
