@@ -272,8 +272,13 @@ def quiet_libraries() -> None:
 
 
 def _quiet_closed_loop(hook=sys.unraisablehook):
-    """An unraisable-exception hook that drops orbax's 'Event loop is closed' callbacks after a failed restore."""
+    """An unraisable-exception hook that drops orbax's 'Event loop is closed' callbacks after a failed restore,
+    and re-sends a signal whose `Interrupted` was swallowed by a callback (a weakref's, a finalizer's) that
+    `_in_callback` did not recognise, so that it interrupts the command instead of being printed."""
     def quiet(u):
+        if isinstance(u.exc_value, Interrupted):
+            threading.Timer(0.02, os.kill, (os.getpid(), u.exc_value.signum)).start()
+            return
         if not (isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)):
             hook(u)
     return quiet

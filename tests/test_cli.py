@@ -101,3 +101,35 @@ def test_the_error_line_is_all_of_stderr_even_with_failed_background_tasks(debug
         assert line in run.stderr and "Task exception was never retrieved" in run.stderr
     else:
         assert run.stderr == line
+
+
+SIGNAL_IN_A_CALLBACK = """
+import os, signal, time, weakref
+from bcmb_jax import cli
+
+class Box:
+    pass
+
+@cli.command
+def main(argv):
+    box = Box()
+    ref = weakref.ref(box, lambda r: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))
+    del box  # the callback runs now, and Ctrl-C lands inside it, where an exception is only printed
+    for _ in range(300):
+        time.sleep(0.01)
+    return 0
+
+cli.run(main)
+"""
+
+
+def test_ctrl_c_inside_a_weakref_callback_still_interrupts():
+    """A signal whose exception a callback swallows is sent again: exit 130 and one line, no 'Exception ignored'."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", SIGNAL_IN_A_CALLBACK], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr == "error: interrupted (SIGINT / Ctrl-C); partial output was removed\n"
