@@ -31,19 +31,33 @@ def opt(default: Any, help: str) -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently).
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden key by key
-                    continue
-                key = self.construct_object(key_node, deep=True)
+    The check walks the composed nodes before construction, which rewrites mappings that merge an
+    anchor (`<<: *a`, whose keys may be overridden one by one)."""
+
+    def construct_document(self, node):
+        _check_unique_keys(node, set())
+        return super().construct_document(node)
+
+
+def _check_unique_keys(node, visited: set[int]) -> None:
+    if id(node) in visited:  # an alias: the same node again
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key_node.value!r}",
+                                                            key_node.start_mark)
                 seen.add(key)
-        return super().construct_mapping(node, deep)
+            _check_unique_keys(value_node, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _check_unique_keys(child, visited)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+import yaml
 
 from bcmb_jax.errors import ConfigError
 from bcmb_jax.runconfig import help_text, load, opt
@@ -33,3 +34,14 @@ def test_run_config_yaml_overrides_and_help(tmp_path):
         load(Outer, y, ["seed=abc"])
     text = help_text(Outer)
     assert "data.rate" in text and "masking rate" in text and "random seed" in text
+
+
+def test_duplicate_keys_are_refused_but_merge_keys_may_be_overridden(tmp_path):
+    from bcmb_jax.runconfig import _UniqueKeyLoader
+    from bcmb_jax.training.config import TrainConfig
+
+    merged = "defaults: &d {lr: 1}\nphase1: {optim: &o {<<: *d, lr: 2}}\noptim: {<<: *o}\n"
+    assert yaml.load(merged, Loader=_UniqueKeyLoader)["optim"] == {"lr": 2}
+    (tmp_path / "c.yaml").write_text("max_steps: 3\nseed: 1\nmax_steps: 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:3: invalid YAML: duplicate key 'max_steps'"):
+        load(TrainConfig, tmp_path / "c.yaml")

@@ -50,7 +50,8 @@ def attention_heads_first(q_BNTK: jax.Array, k_BNTK: jax.Array, v_BNTK: jax.Arra
         return jnp.swapaxes(o_BTNK, 1, 2)
     if backend not in ATTENTION_BACKENDS:
         raise ConfigError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
-    kernel = functools.partial(_kernel, window=window, backend=backend, local_chunk=local_chunk,
+    pallas = backend == "gpu" and (interpret or (gpu_available() and gpu_kernel_lowers()))  # outside shard_map
+    kernel = functools.partial(_kernel, window=window, pallas=pallas, local_chunk=local_chunk,
                                global_chunk=global_chunk, interpret=interpret, scale=scale)
     return per_device_rows(kernel, q_BNTK, k_BNTK, v_BNTK, seg_BT)
 
@@ -71,8 +72,8 @@ def per_device_rows(kernel, *args_B: jax.Array) -> jax.Array:
     return jax.shard_map(kernel, in_specs=(rows,) * len(args_B), out_specs=rows, check_vma=False)(*args_B)
 
 
-def _kernel(q_BNTK, k_BNTK, v_BNTK, seg_BT, *, window, backend, local_chunk, global_chunk, interpret, scale):
-    if backend == "gpu" and (interpret or (gpu_available() and gpu_kernel_lowers())):
+def _kernel(q_BNTK, k_BNTK, v_BNTK, seg_BT, *, window, pallas, local_chunk, global_chunk, interpret, scale):
+    if pallas:
         from bcmb_jax.modeling.pallas_attention import pallas_attention
 
         return pallas_attention(q_BNTK, k_BNTK, v_BNTK, seg_BT, window=window, scale=scale, interpret=interpret)

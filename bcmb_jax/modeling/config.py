@@ -9,6 +9,7 @@ implement are rejected with a `ConfigError` naming the key, never silently ignor
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,8 @@ class ModelConfig:
 
         def integer(key, default) -> int:
             value = d.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+            if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                    or value != int(value) or value < 1):
                 bad(key, f"must be a positive integer, got {value!r}")
             return int(value)
 

@@ -58,7 +58,8 @@ def mlm_loss_sum(model, batch: dict[str, jax.Array], cap: int, chunk: int = 1024
     h_GPD = jnp.take_along_axis(h_BTD.reshape(G, -1, D), idx_GP[..., None], axis=1)
     y_GP = jnp.take_along_axis(labels_GN, idx_GP, axis=1)
     valid_GP = jnp.arange(cap)[None] < count_G[:, None]
-    x_GPD = model.head(h_GPD)
+    x_GPD = model.head(h_GPD if groups else h_GPD.reshape(1, -1, D))  # per-row slots: one decoder group
+    y_GP, valid_GP = (y_GP, valid_GP) if groups else (y_GP.reshape(1, -1), valid_GP.reshape(1, -1))
     emb_VD, bias_V = model.decoder(x_GPD.dtype)
     bias_V = jnp.zeros(emb_VD.shape[0], jnp.float32) if bias_V is None else bias_V
     total = decoder_cross_entropy(x_GPD, emb_VD, bias_V, y_GP, valid_GP, chunk)

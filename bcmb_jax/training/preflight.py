@@ -86,18 +86,21 @@ def has_checkpoints(run_dir: Path) -> bool:
 
 
 RUN_MARKERS = ("train_config.yaml", "checkpoints", "metrics.jsonl", "run.lock")  # what a run writes first
+RUN_OUTPUTS = ("config.json", "tokenizer", "hf", "tensorboard")  # what it writes over, besides the markers
 
 
 def check_run_dir(run_dir: str) -> None:
-    """`run_dir` is new, empty or a training run's own directory: a run never writes into another folder."""
+    """`run_dir` is new, a training run's own directory, or holds nothing the run writes (a job's log may be
+    there first): a run never overwrites another tool's config.json, tokenizer/ or hf/."""
     if not str(run_dir).strip():
         raise ConfigError("`run_dir` is empty; expected the directory of this run (e.g. runs/my_run)")
     d = Path(run_dir)
     if d.exists() and not d.is_dir():
         raise ConfigError(f"run_dir {d}: is a file; expected a directory (new, empty or an earlier run's)")
-    if d.is_dir() and not any((d / m).exists() for m in RUN_MARKERS) and any(d.iterdir()):
-        raise ConfigError(f"run_dir {d}: holds files but is not a training run's directory (none of "
-                          f"{', '.join(RUN_MARKERS)}); choose a new or empty directory so nothing there is overwritten")
+    theirs = [n for n in RUN_OUTPUTS if (d / n).exists()]
+    if theirs and not any((d / m).exists() for m in RUN_MARKERS):
+        raise ConfigError(f"run_dir {d}: holds {', '.join(theirs)} but is not a training run's directory (none of "
+                          f"{', '.join(RUN_MARKERS)}); the run would overwrite them: choose a new directory")
 
 
 def check_resume(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig) -> None:

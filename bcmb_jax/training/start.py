@@ -24,6 +24,17 @@ from bcmb_jax.weights import directories, pretrained
 # Model and state
 
 
+def _number(value):
+    """A numeric string as its number (YAML 1.1 reads `1e-6`, without a dot, as a string); anything else as is."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    return value
+
+
 def run_model_config(cfg: TrainConfig) -> ModelConfig:
     if cfg.model.init:
         model_cfg, _ = pretrained.read_model_config(cfg.model.init)
@@ -33,14 +44,16 @@ def run_model_config(cfg: TrainConfig) -> ModelConfig:
         model_cfg = ModelConfig()
     if cfg.model.overrides:
         base = model_cfg.to_hf_dict()
-        known = set(base) | {f.name for f in dataclasses.fields(ModelConfig)} | {"layer_norm_eps"}
+        known = (set(base) | {f.name for f in dataclasses.fields(ModelConfig)}
+                 | {"layer_norm_eps", "global_attn_every_n_layers"})
         unknown = sorted(set(cfg.model.overrides) - known)
         if unknown:
             raise ConfigError(f"model.overrides.{unknown[0]}: not a ModernBERT config.json key (known: "
                               f"{', '.join(sorted(known))})")
+        overrides = {k: _number(v) for k, v in cfg.model.overrides.items()}
         if "num_hidden_layers" in cfg.model.overrides and "layer_types" not in cfg.model.overrides:
             base.pop("layer_types")  # re-derived from global_attn_every_n_layers for the new depth
-        model_cfg = ModelConfig.from_hf_dict({**base, **cfg.model.overrides}, source="model.overrides")
+        model_cfg = ModelConfig.from_hf_dict({**base, **overrides}, source="model.overrides")
     return model_cfg
 
 

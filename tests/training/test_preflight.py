@@ -39,3 +39,42 @@ def test_seq_len_and_vocabulary_checks():
         preflight.check_vocabulary(mcfg, NS(**{**vars(tok), "vocab_size": 300, "mask_id": 600}), "tok")
     with pytest.raises(ConfigError, match="random_token_high"):
         preflight.check_vocabulary(mcfg, tok, "tok", random_token_high=513)
+
+
+def test_run_dir_may_hold_a_jobs_log_but_not_another_tools_files(tmp_path):
+    """A scheduler's or shell's log written before train.py starts is fine; a model directory is not."""
+    from bcmb_jax.errors import ConfigError
+    from bcmb_jax.training import preflight
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "slurm-123.out").write_text("starting\n")
+    preflight.check_run_dir(str(tmp_path / "logs"))
+    preflight.check_run_dir(str(tmp_path / "new"))  # not there yet
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds config.json but is not a training run"):
+        preflight.check_run_dir(str(tmp_path / "model"))
+    (tmp_path / "model" / "train_config.yaml").write_text("{}")  # an earlier run's own config.json
+    preflight.check_run_dir(str(tmp_path / "model"))
+    with pytest.raises(ConfigError, match="`run_dir` is empty"):
+        preflight.check_run_dir("")
+
+
+def test_model_overrides_take_yaml_numbers_and_every_config_key():
+    """`1e-6` (a string in YAML 1.1) is a number; global_attn_every_n_layers is a key also with custom layer
+    types; an unknown key and a non-finite layer count are refused."""
+    from types import SimpleNamespace as NS
+
+    from bcmb_jax.errors import ConfigError
+    from bcmb_jax.modeling.config import ModelConfig
+    from bcmb_jax.training import start
+
+    def model_cfg(overrides):
+        return start.run_model_config(NS(model=NS(init=None, config=None, overrides=overrides)))
+
+    cfg = model_cfg({**TINY_RUN_MODEL, "norm_eps": "1e-6", "num_hidden_layers": 6, "global_attn_every_n_layers": 2})
+    assert cfg.norm_eps == 1e-6 and cfg.num_hidden_layers == 6 and cfg.is_global(2) and not cfg.is_global(3)
+    with pytest.raises(ConfigError, match="model.overrides.hiden_size"):
+        model_cfg({"hiden_size": 64})
+    with pytest.raises(ConfigError, match="num_hidden_layers"):
+        ModelConfig.from_hf_dict({"num_hidden_layers": float("nan")})
