@@ -65,11 +65,31 @@ def per_device_rows(kernel, *args_B: jax.Array) -> jax.Array:
     and FSDP parallelism; heads and tokens are never split); a batch that does not divide evenly
     runs as it is.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1 or args_B[0].shape[0] % mesh.size:
+    rows = _row_split(args_B[0])
+    if rows is None:
         return kernel(*args_B)
-    rows = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
     return jax.shard_map(kernel, in_specs=(rows,) * len(args_B), out_specs=rows, check_vma=False)(*args_B)
+
+
+def rows_on_their_devices(x_B: jax.Array) -> jax.Array:
+    """`x_B` constrained to the mesh's row split (nothing without a mesh): with FSDP-sharded weights the
+    partitioner then gathers the weights for each product rather than the activations."""
+    rows = _row_split(x_B)
+    return x_B if rows is None else jax.lax.with_sharding_constraint(x_B, rows)
+
+
+def on_every_device(x: jax.Array) -> jax.Array:
+    """`x` whole on every device of the mesh (nothing without one): an FSDP-sharded table gathered once."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return x if mesh.empty or mesh.size == 1 else jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec())
+
+
+def _row_split(x_B: jax.Array) -> jax.sharding.PartitionSpec | None:
+    """The rows split over every axis of the context mesh, or None (no mesh, one device, rows that do not divide)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or x_B.shape[0] % mesh.size:
+        return None
+    return jax.sharding.PartitionSpec(tuple(mesh.axis_names))
 
 
 def _kernel(q_BNTK, k_BNTK, v_BNTK, seg_BT, *, window, pallas, local_chunk, global_chunk, interpret, scale):

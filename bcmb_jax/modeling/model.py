@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx, struct
 
 from bcmb_jax.modeling import heads
-from bcmb_jax.modeling.attention import attention_heads_first
+from bcmb_jax.modeling.attention import attention_heads_first, on_every_device, rows_on_their_devices
 from bcmb_jax.modeling.config import ModelConfig
 from bcmb_jax.modeling.inputs import check_ids, normalize_inputs
 from bcmb_jax.modeling.runtime import (
@@ -187,7 +187,9 @@ class Embeddings(nnx.Module):
         self.drop = nnx.Dropout(cfg.embedding_dropout, rngs=rngs)
 
     def __call__(self, ids_BT):
-        return self.drop(self.norm(self.tok_embeddings(ids_BT)))
+        table_VD = self.tok_embeddings.embedding[...]  # nnx.Embed's lookup, with the table whole on each device
+        table_VD = on_every_device(table_VD.astype(self.tok_embeddings.dtype or table_VD.dtype))  # (for FSDP)
+        return self.drop(self.norm(jnp.take(table_VD, ids_BT, axis=0)))
 
 
 class ModernBert(nnx.Module):
@@ -205,12 +207,13 @@ class ModernBert(nnx.Module):
 
     def __call__(self, ids_BT, seg_BT, pos_BT):
         tables = rope_tables(self.cfg, pos_BT)
-        x_BTD = self.embeddings(ids_BT)
+        x_BTD = rows_on_their_devices(self.embeddings(ids_BT))  # on a mesh: each device keeps its rows
         for layer in self.layers:
             if self.remat:
                 x_BTD = remat_layer(self.runtime, layer, x_BTD, seg_BT, tables)
             else:
                 x_BTD = layer(x_BTD, seg_BT, tables)
+            x_BTD = rows_on_their_devices(x_BTD)
         return self.final_norm(x_BTD)
 
 

@@ -89,6 +89,7 @@ from bcmb_jax.modeling.config import ModelConfig
 from bcmb_jax.modeling.runtime import Runtime
 from bcmb_jax.modeling.state import split_model
 from bcmb_jax.training import mlm_step, optim, sharding
+from bcmb_jax.weights import keymap
 
 cfg = ModelConfig.from_hf_dict(json.loads(sys.argv[1]))
 tx = optim.make_optimizer(optim.OptimConfig())
@@ -101,31 +102,38 @@ local = {"input_ids": ids, "segment_ids": seg, "position_ids": np.broadcast_to(n
          "labels": np.where((rng.random((B, T)) < 0.3) & (seg > 0), ids, -100).astype(np.int32)}
 local = {k: v[None] for k, v in local.items()}  # one micro-batch
 out = {}
-for name, runtime, devices, groups, in_mesh in (
-        ("one_device", "blocked", 1, 1, True), ("per_device", "blocked", 8, 8, True),
-        ("pallas_per_device", Runtime("gpu", interpret=True), 8, 8, True),
-        ("mlm_group_across_devices", "reference", 8, 1, True), ("kernels_without_mesh", "blocked", 8, 8, False)):
+param_shapes = set()
+for name, runtime, (data, fsdp), groups, in_mesh in (
+        ("one_device", "blocked", (1, 1), 1, True), ("per_device", "blocked", (8, 1), 8, True),
+        ("pallas_per_device", Runtime("gpu", interpret=True), (8, 1), 8, True), ("fsdp", "blocked", (4, 2), 8, True),
+        ("mlm_group_across_devices", "reference", (8, 1), 1, True),
+        ("kernels_without_mesh", "blocked", (8, 1), 8, False)):
     graphdef, params, rest = split_model(bcmb_jax.build(cfg, "mlm", seed=0, runtime=runtime), training=True)
-    mesh = sharding.make_mesh(sharding.MeshConfig(data=devices, fsdp=1), jax.devices()[:devices])
+    param_shapes |= {s for x in jax.tree.leaves(params) for s in (x.shape, x.shape[::-1])}
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=data, fsdp=fsdp), jax.devices()[:data * fsdp])
     batch = sharding.global_batch(local, mesh, row_axis=1)
-    state = mlm_step.init_state(jax.device_put(params, sharding.replicated(mesh)), tx)
+    state, _ = mlm_step.init_sharded_state(params, tx, None, mesh, sharding.param_shardings(
+        params, keymap.axes_tree(cfg, "mlm"), mesh))
     cap = mlm_step.masked_cap(B // groups * T, 0.3, 8.0)
     step = jax.jit(mlm_step.make_train_step(graphdef, rest, tx, cap, 0, groups=groups))
     with jax.set_mesh(mesh) if in_mesh else contextlib.nullcontext():  # as train.py runs its step
         hlo = step.lower(state, batch, jnp.float32(1e-3)).compile().as_text()
         state, m = step(state, batch, jnp.float32(1e-3))
+    gathered = [tuple(int(n) for n in dims.split(",") if n)  # operand shapes of the all-gathers
+                for dims in re.findall(r"= [a-z0-9]+\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", hlo)]
     out[name] = {"loss": float(m["loss"]), "masked": int(m["masked_tokens"]), "dropped": int(m["dropped"]),
-                 "gathers": len(re.findall(r" all-gather(?:-start)?\(", hlo)),
+                 "gathers": len(gathered), "activation_gathers": [g for g in gathered if g not in param_shapes],
                  "params": [float(x.sum()) for x in jax.tree.leaves(state["params"])]}
 print(json.dumps(out))
 """
 
 
 def test_train_step_keeps_each_devices_rows_on_that_device():
-    """train.py's step on 8 devices (data parallel) equals one device and moves no activations between devices:
-    the attention kernels (blocked and Pallas) run per device under `shard_map`, and the sparse MLM head gathers
-    each device's masked tokens on that device. Negative controls: without the mesh set the kernels gather every
-    row to every device, and one masked-token group for the whole batch needs a gather too."""
+    """train.py's step on 8 devices equals one device and moves no activations between devices: the attention
+    kernels (blocked and Pallas) run per device under `shard_map`, the sparse MLM head gathers each device's masked
+    tokens on that device, and with FSDP (4 x 2) only weights are gathered. Negative controls: without the mesh
+    set the kernels gather every row to every device, and one masked-token group for the whole batch needs a
+    gather too."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", STEP_SCRIPT, json.dumps(TINY)], capture_output=True, text=True,
@@ -134,9 +142,10 @@ def test_train_step_keeps_each_devices_rows_on_that_device():
     out = json.loads(run.stdout.strip().splitlines()[-1])
     one = out["one_device"]
     assert out["mlm_group_across_devices"]["gathers"] > 0 and out["kernels_without_mesh"]["gathers"] > 0
-    for name in ("per_device", "pallas_per_device"):
+    assert out["fsdp"]["gathers"] > 0 and out["fsdp"]["activation_gathers"] == []
+    for name in ("per_device", "pallas_per_device", "fsdp"):
         got = out[name]
-        assert got["gathers"] == 0, name
+        assert got["gathers"] == 0 or name == "fsdp", name
         assert got["masked"] == one["masked"] > 0 and got["dropped"] == one["dropped"] == 0
         assert abs(got["loss"] - one["loss"]) <= 1e-5, name
         for a, b in zip(got["params"], one["params"]):
