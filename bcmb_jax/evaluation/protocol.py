@@ -75,12 +75,7 @@ class FinetuneConfig:
                 bad(key, f"must be >= 1, got {getattr(self, key)}")
         if self.lr is not None and not self.lr > 0:
             bad("lr", f"must be > 0, got {self.lr}")
-        if not self.weight_decay >= 0:
-            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            bad("betas", f"must be two numbers in [0, 1), got {self.betas}")
-        if not self.eps >= 0:
-            bad("eps", f"must be >= 0, got {self.eps}")
+        optim.check_adam_settings(bad, self.betas, self.eps, self.weight_decay)
         if not self.clip_grad_norm >= 0:
             bad("clip_grad_norm", f"must be >= 0 (0 = off), got {self.clip_grad_norm}")
         if self.size not in ("auto", "base", "large"):

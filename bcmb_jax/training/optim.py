@@ -221,16 +221,21 @@ class OptimConfig:
             bad("name", f"must be one of {OPTIMIZERS}, got {self.name!r}")
         if not self.lr > 0:
             bad("lr", f"must be > 0, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            bad("betas", f"must be two numbers in [0, 1), got {self.betas}")
-        if not self.eps >= 0:
-            bad("eps", f"must be >= 0, got {self.eps}")
-        if not self.weight_decay >= 0:
-            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check_adam_settings(bad, self.betas, self.eps, self.weight_decay)
         if self.max_lr is not None and not self.max_lr > 0:
             bad("max_lr", f"must be > 0 or null, got {self.max_lr}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm >= 0:
             bad("clip_grad_norm", f"must be >= 0 or null, got {self.clip_grad_norm}")
+
+
+def check_adam_settings(bad: Callable[[str, str], None], betas, eps: float, weight_decay: float) -> None:
+    """The Adam settings every optimizer config shares; `bad(key, message)` raises the config's own error."""
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        bad("betas", f"must be two numbers in [0, 1), got {betas}")
+    if not eps >= 0:
+        bad("eps", f"must be >= 0, got {eps}")
+    if not weight_decay >= 0:
+        bad("weight_decay", f"must be >= 0, got {weight_decay}")
 
 
 def _clip(clip_grad_norm: float | None) -> optax.GradientTransformation:
