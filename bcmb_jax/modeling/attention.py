@@ -80,14 +80,19 @@ def rows_on_their_devices(x_B: jax.Array) -> jax.Array:
 
 def on_every_device(x: jax.Array) -> jax.Array:
     """`x` whole on every device of the mesh (nothing without one): an FSDP-sharded table gathered once."""
+    return x if _mesh() is None else jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec())
+
+
+def _mesh():
+    """The context mesh (`jax.set_mesh`) when it has several devices, else None."""
     mesh = jax.sharding.get_abstract_mesh()
-    return x if mesh.empty or mesh.size == 1 else jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec())
+    return None if mesh.empty or mesh.size == 1 else mesh
 
 
 def _row_split(x_B: jax.Array) -> jax.sharding.PartitionSpec | None:
     """The rows split over every axis of the context mesh, or None (no mesh, one device, rows that do not divide)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1 or x_B.shape[0] % mesh.size:
+    mesh = _mesh()
+    if mesh is None or x_B.shape[0] % mesh.size:
         return None
     return jax.sharding.PartitionSpec(tuple(mesh.axis_names))
 
